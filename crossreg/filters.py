@@ -1,0 +1,66 @@
+"""Dimension-generic torch filters on ``(C, *spatial)`` tensors (2D or 3D), sizes in voxels."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _conv_along(x: torch.Tensor, kernel: torch.Tensor, axis: int) -> torch.Tensor:
+    """1D convolution of ``x`` ``(C, *spatial)`` along spatial ``axis`` with replicate padding."""
+    nd = x.dim() - 1
+    c = x.shape[0]
+    r = kernel.numel() // 2
+    shape = [1] * nd
+    shape[axis] = kernel.numel()
+    weight = kernel.to(x.dtype).view(1, 1, *shape).expand(c, 1, *shape)
+    pad = [0, 0] * nd
+    pad[2 * (nd - 1 - axis)] = pad[2 * (nd - 1 - axis) + 1] = r
+    conv = F.conv3d if nd == 3 else F.conv2d
+    return conv(F.pad(x[None], pad, mode="replicate"), weight, groups=c)[0]
+
+
+def gaussian_kernel(sigma_vox: float, truncate: float = 3.0) -> torch.Tensor:
+    """Normalised 1D Gaussian, ``(2r+1,)``."""
+    r = max(1, math.ceil(truncate * sigma_vox))
+    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / max(sigma_vox, 1e-6)) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(x: torch.Tensor, sigma_vox: float | tuple[float, ...]) -> torch.Tensor:
+    """Separable Gaussian smoothing of ``(C, *spatial)``; ``sigma_vox`` per spatial axis or scalar."""
+    nd = x.dim() - 1
+    sig = (sigma_vox,) * nd if isinstance(sigma_vox, (int, float)) else tuple(sigma_vox)
+    for axis, s in enumerate(sig):
+        if s > 0:
+            x = _conv_along(x, gaussian_kernel(s).to(x.device), axis)
+    return x
+
+
+def box_mean(x: torch.Tensor, radius_vox: int) -> torch.Tensor:
+    """Mean over a ``(2r+1)^d`` box around each voxel, ``(C, *spatial)``."""
+    if radius_vox <= 0:
+        return x
+    k = torch.full((2 * radius_vox + 1,), 1.0 / (2 * radius_vox + 1), device=x.device)
+    for axis in range(x.dim() - 1):
+        x = _conv_along(x, k, axis)
+    return x
+
+
+def dilate(mask: torch.Tensor, radius_vox: int) -> torch.Tensor:
+    """Binary dilation of a bool ``(*spatial)`` mask by a box of radius ``radius_vox``."""
+    if radius_vox <= 0:
+        return mask
+    pool = F.max_pool3d if mask.dim() == 3 else F.max_pool2d
+    return pool(mask[None, None].float(), 2 * radius_vox + 1, stride=1, padding=radius_vox)[0, 0] > 0.5
+
+
+def erode(mask: torch.Tensor, radius_vox: int) -> torch.Tensor:
+    """Binary erosion of a bool ``(*spatial)`` mask; outside the array counts as background."""
+    if radius_vox <= 0:
+        return mask
+    padded = F.pad(mask[None, None].float(), [radius_vox] * (2 * mask.dim()), value=0.0)[0, 0]
+    return ~dilate(padded < 0.5, radius_vox)[(slice(radius_vox, -radius_vox),) * mask.dim()]

@@ -1,0 +1,202 @@
+"""Images that carry their physical space: an array plus spacing, origin and direction cosines.
+
+Conventions (the same as ITK/SimpleITK):
+- ``Image.array`` is stored in SimpleITK's numpy order, ``(z, y, x)`` in 3D and ``(y, x)`` in 2D.
+- ``spacing_mm``, ``origin_mm`` and continuous indices ``index_xyz`` are in ITK order ``(x, y, z)``.
+- ``direction`` is a ``(d, d)`` matrix whose columns are the world directions of the index axes.
+- World points are in millimetres, LPS: ``point = origin + direction @ (spacing * index_xyz)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from crossreg.errors import InvalidImageError
+
+MIN_SIZE = 8  # voxels per axis; below this no keypoint neighbourhood fits
+
+
+@dataclass(frozen=True, eq=False)
+class Grid:
+    """A sampling grid in world space: array shape plus ITK geometry."""
+
+    shape: tuple[int, ...]
+    spacing_mm: tuple[float, ...]
+    origin_mm: tuple[float, ...]
+    direction: np.ndarray
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size_xyz(self) -> np.ndarray:
+        """Number of voxels per axis, ITK order ``(x, y, z)``."""
+        return np.array(self.shape[::-1], dtype=np.int64)
+
+    def index_to_world_matrix(self) -> np.ndarray:
+        """Homogeneous ``(d+1, d+1)`` matrix taking ``index_xyz`` to world mm."""
+        d = self.ndim
+        m = np.eye(d + 1)
+        m[:d, :d] = np.asarray(self.direction, float) @ np.diag(self.spacing_mm)
+        m[:d, d] = self.origin_mm
+        return m
+
+    def index_to_world(self, index_xyz: np.ndarray) -> np.ndarray:
+        """World points ``(N, d)`` mm for continuous indices ``(N, d)`` in ``(x, y, z)`` order."""
+        m = self.index_to_world_matrix()
+        return np.asarray(index_xyz, float) @ m[:-1, :-1].T + m[:-1, -1]
+
+    def world_to_index(self, points_mm: np.ndarray) -> np.ndarray:
+        """Continuous indices ``(N, d)`` in ``(x, y, z)`` order for world points ``(N, d)`` mm."""
+        m = np.linalg.inv(self.index_to_world_matrix())
+        return np.asarray(points_mm, float) @ m[:-1, :-1].T + m[:-1, -1]
+
+    def corners_mm(self) -> np.ndarray:
+        """The ``2**d`` corner voxel centres in world mm, ``(2**d, d)``."""
+        d = self.ndim
+        bits = np.array(np.meshgrid(*[[0, 1]] * d, indexing="ij")).reshape(d, -1).T
+        return self.index_to_world(bits * (self.size_xyz - 1))
+
+    def center_mm(self) -> np.ndarray:
+        """World position of the grid centre, ``(d,)``."""
+        return self.index_to_world((self.size_xyz[None] - 1) / 2.0)[0]
+
+    def contains(self, points_mm: np.ndarray, margin_vox: float = 0.0) -> np.ndarray:
+        """Boolean ``(N,)``: which world points fall inside the grid (voxel centres' hull)."""
+        idx = self.world_to_index(points_mm)
+        return np.all((idx >= -margin_vox) & (idx <= self.size_xyz - 1 + margin_vox), axis=1)
+
+
+def axis_aligned_grid(corners_mm: np.ndarray, spacing_mm: float) -> Grid:
+    """An isotropic grid with identity direction covering the given world points ``(N, d)``."""
+    lo, hi = corners_mm.min(axis=0), corners_mm.max(axis=0)
+    size_xyz = np.maximum(np.ceil((hi - lo) / spacing_mm).astype(int) + 1, 1)
+    d = corners_mm.shape[1]
+    return Grid(
+        shape=tuple(int(s) for s in size_xyz[::-1]),
+        spacing_mm=(float(spacing_mm),) * d,
+        origin_mm=tuple(float(v) for v in lo),
+        direction=np.eye(d),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class Image:
+    """An intensity array with its physical grid and an optional mask of voxels that hold data.
+
+    array: ``(z, y, x)`` or ``(y, x)`` float32. mask: same shape, bool, or ``None`` for all valid.
+    """
+
+    array: np.ndarray
+    grid: Grid
+    mask: np.ndarray | None = None
+    source: str = ""
+
+    @property
+    def ndim(self) -> int:
+        return self.grid.ndim
+
+    @property
+    def spacing_mm(self) -> tuple[float, ...]:
+        return self.grid.spacing_mm
+
+    @property
+    def origin_mm(self) -> tuple[float, ...]:
+        return self.grid.origin_mm
+
+    @property
+    def direction(self) -> np.ndarray:
+        return self.grid.direction
+
+    def valid_mask(self) -> np.ndarray:
+        """Boolean array: voxels that hold data (all, if no mask was set)."""
+        return np.ones(self.array.shape, bool) if self.mask is None else self.mask
+
+    def with_array(self, array: np.ndarray, mask: np.ndarray | None = None) -> Image:
+        """The same grid with new voxel values (and mask)."""
+        return replace(self, array=np.asarray(array, np.float32), mask=mask)
+
+
+def from_array(
+    array: np.ndarray,
+    spacing_mm: tuple[float, ...] | None = None,
+    origin_mm: tuple[float, ...] | None = None,
+    direction: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    source: str = "",
+) -> Image:
+    """An Image from a numpy array in ``(z, y, x)`` / ``(y, x)`` order and ITK-order geometry."""
+    arr = np.asarray(array, dtype=np.float32)
+    d = arr.ndim
+    grid = Grid(
+        shape=arr.shape,
+        spacing_mm=tuple(float(s) for s in (spacing_mm or (1.0,) * d)),
+        origin_mm=tuple(float(o) for o in (origin_mm or (0.0,) * d)),
+        direction=np.eye(d) if direction is None else np.asarray(direction, float).reshape(d, d),
+    )
+    image = Image(arr, grid, mask, source)
+    validate(image)
+    return image
+
+
+def validate(image: Image) -> None:
+    """Raise InvalidImageError if the image cannot be registered."""
+    name = image.source or "image"
+    arr, grid = image.array, image.grid
+    if arr.ndim not in (2, 3):
+        raise InvalidImageError(f"{name}: {arr.ndim}D image; crossreg registers 2D or 3D images")
+    if min(arr.shape) < MIN_SIZE:
+        raise InvalidImageError(
+            f"{name}: size {tuple(grid.size_xyz)} voxels; each axis needs at least {MIN_SIZE}"
+        )
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise InvalidImageError(f"{name}: {bad} NaN/Inf voxels; replace them before registering")
+    if float(arr.max()) == float(arr.min()):
+        raise InvalidImageError(f"{name}: constant image (every voxel is {arr.flat[0]:g})")
+    sp = np.asarray(grid.spacing_mm)
+    if not np.all(np.isfinite(sp)) or np.any(sp <= 0) or np.any(sp > 1e3) or np.any(sp < 1e-3):
+        raise InvalidImageError(f"{name}: spacing {tuple(sp)} mm is not physical")
+    dirn = np.asarray(grid.direction, float)
+    if not np.allclose(dirn.T @ dirn, np.eye(arr.ndim), atol=1e-3):
+        raise InvalidImageError(f"{name}: direction matrix is not orthonormal")
+
+
+def robust_normalize(image: Image, low_pct: float = 0.5, high_pct: float = 99.5) -> Image:
+    """Intensities mapped to [0, 1] by percentiles of the valid voxels (clipped)."""
+    vals = image.array[image.valid_mask()]
+    lo, hi = np.percentile(vals, [low_pct, high_pct]) if vals.size else (0.0, 1.0)
+    if hi <= lo:
+        lo, hi = float(vals.min()), float(vals.max())
+    scaled = np.clip((image.array - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    return image.with_array(scaled, image.mask)
+
+
+def describe(image: Image) -> str:
+    """One line: size, spacing and source of an image."""
+    size = "x".join(str(s) for s in image.grid.size_xyz)
+    sp = "x".join(f"{s:.3g}" for s in image.spacing_mm)
+    return f"{Path(image.source).name or 'image'}: {size} voxels, {sp} mm"
+
+
+def fov_mask(image: Image, threshold: float = 0.02, smooth_mm: float = 2.0) -> np.ndarray:
+    """Boolean array: voxels inside the field of view, i.e. where the image has signal.
+
+    Signal is the smoothed absolute intensity above ``threshold`` times its 99th percentile; this
+    removes the zero padding around partial-coverage images (an ultrasound cone, a cropped slab) and
+    the air around a head, so keypoints are only sought where there is something to see.
+    """
+    import torch
+
+    from crossreg.filters import gaussian_blur
+
+    sigma_vox = tuple(smooth_mm / s for s in image.spacing_mm[::-1])
+    x = torch.from_numpy(np.abs(np.ascontiguousarray(image.array, np.float32)))[None]
+    smooth = gaussian_blur(x, sigma_vox)[0].numpy()
+    valid = image.valid_mask()
+    ref = np.percentile(smooth[valid], 99) if valid.any() else 0.0
+    return valid & (smooth > threshold * ref)

@@ -1,0 +1,100 @@
+"""Reading and writing images through SimpleITK: NIfTI, NRRD, MHA, DICOM series, PNG/TIFF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from crossreg.errors import ImageReadError, InvalidImageError
+from crossreg.image import Grid, Image, validate
+from crossreg.outputs import atomic_write
+
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def load(path: str | Path) -> Image:
+    """Read an image file, or a DICOM series from a directory, with its physical space.
+
+    RGB(A) images (e.g. PNG photographs) are converted to luminance. Raises ImageReadError when the
+    path cannot be read and InvalidImageError when what it holds cannot be registered.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(f"{path}: no such file or directory")
+    itk = _read_dicom_series(path) if path.is_dir() else _read_file(path)
+    return from_sitk(itk, source=str(path))
+
+
+def _read_file(path: Path) -> sitk.Image:
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        reason = "not a readable image (unknown format or corrupt/truncated file)"
+        if "ImageIO" not in str(err) and "Could not create IO" not in str(err):
+            reason = "corrupt or truncated image file"
+        raise ImageReadError(f"{path}: {reason}") from None
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not ids:
+        raise ImageReadError(f"{folder}: directory holds no DICOM series")
+    if len(ids) > 1:
+        raise ImageReadError(
+            f"{folder}: directory holds {len(ids)} DICOM series ({', '.join(ids[:3])}...); "
+            "put one series per directory"
+        )
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0]))
+    try:
+        return reader.Execute()
+    except RuntimeError:
+        raise ImageReadError(f"{folder}: DICOM series could not be read (missing or corrupt slices)") from None
+
+
+def from_sitk(itk: sitk.Image, source: str = "") -> Image:
+    """An Image from a SimpleITK image (vector pixels become luminance)."""
+    arr = sitk.GetArrayFromImage(itk)
+    components = itk.GetNumberOfComponentsPerPixel()
+    if components > 1:
+        arr = arr[..., :3].astype(np.float64) @ _LUMA if components >= 3 else arr[..., 0]
+    d = itk.GetDimension()
+    if d not in (2, 3):
+        raise InvalidImageError(f"{source or 'image'}: {d}D image; crossreg registers 2D or 3D images")
+    grid = Grid(
+        shape=tuple(arr.shape),
+        spacing_mm=tuple(itk.GetSpacing()),
+        origin_mm=tuple(itk.GetOrigin()),
+        direction=np.array(itk.GetDirection(), float).reshape(d, d),
+    )
+    image = Image(np.asarray(arr, np.float32), grid, None, source)
+    validate(image)
+    return image
+
+
+def to_sitk(image: Image) -> sitk.Image:
+    """A SimpleITK image with the same voxels and physical space."""
+    itk = sitk.GetImageFromArray(np.ascontiguousarray(image.array, np.float32))
+    itk.SetSpacing([float(s) for s in image.spacing_mm])
+    itk.SetOrigin([float(o) for o in image.origin_mm])
+    itk.SetDirection(np.asarray(image.direction, float).ravel().tolist())
+    return itk
+
+
+def save(image: Image, path: str | Path) -> None:
+    """Write ``image`` atomically; the format follows the extension (.nii.gz, .nrrd, .mha, ...)."""
+    itk = to_sitk(image)
+    if Path(path).suffix.lower() in {".png", ".jpg", ".jpeg"}:
+        scaled = np.clip(image.array, 0, None)
+        scaled = 255 * scaled / max(float(scaled.max()), 1e-12)
+        itk = sitk.GetImageFromArray(scaled.astype(np.uint8))
+
+    def write(tmp: Path) -> None:
+        try:
+            sitk.WriteImage(itk, str(tmp), useCompression=True)
+        except RuntimeError as err:
+            raise OSError(f"SimpleITK could not write this format ({str(err).strip().splitlines()[-1]})") from None
+
+    atomic_write(path, write)

@@ -1,0 +1,54 @@
+"""Safe output files: refuse to overwrite without force, write atomically (temp file + rename)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from crossreg.errors import OutputExistsError, OutputWriteError
+
+
+def check_outputs(paths: Iterable[str | Path | None], force: bool) -> None:
+    """Raise before any work if an output exists (without ``force``) or its folder is unwritable."""
+    for p in paths:
+        if p is None:
+            continue
+        path = Path(p)
+        if path.exists() and not force:
+            raise OutputExistsError(f"{path} exists; pass --force to overwrite it")
+        parent = path.parent if str(path.parent) else Path(".")
+        probe = parent
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not os.access(probe, os.W_OK):
+            raise OutputWriteError(f"cannot write {path}: {probe} is not writable")
+
+
+def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> None:
+    """Call ``writer(tmp)`` on a temp file beside ``path`` (same suffixes), then rename it into place.
+
+    A failure or interruption leaves no partial file at ``path``.
+    """
+    path = Path(path)
+    suffix = "".join(path.suffixes) or ".tmp"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}-", suffix=suffix, dir=path.parent)
+    except OSError as err:
+        raise OutputWriteError(f"cannot write {path}: {err.strerror}") from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise OutputWriteError(f"cannot write {path}: {err.strerror or err}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    atomic_write(path, lambda tmp: tmp.write_text(text))

@@ -1,0 +1,163 @@
+"""Linear transforms in world millimetres (LPS) and their ITK files.
+
+The one convention of crossreg: **a registration transform maps fixed-image points to moving-image
+points**, ``p_moving = matrix @ p_fixed + translation_mm``. That is the transform
+``SimpleITK.Resample(moving, fixed, T)`` takes, what ANTs calls the forward transform of
+``antsApplyTransforms -r fixed -i moving -t T``, and what 3D Slicer loads as the resampling transform
+("transform from parent") of the moving image. Written files are ITK text transforms
+(``AffineTransform_double_D_D``, centre 0), which all three read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from crossreg.errors import TransformIOError
+
+Model = Literal["rigid", "similarity", "affine"]
+
+
+@dataclass(frozen=True, eq=False)
+class AffineTransform:
+    """``x -> matrix @ x + translation_mm`` on world points; rigid and similarity are special cases.
+
+    matrix: ``(d, d)``; translation_mm: ``(d,)``; model: the family it was estimated in.
+    """
+
+    matrix: np.ndarray
+    translation_mm: np.ndarray
+    model: Model = "affine"
+
+    @property
+    def ndim(self) -> int:
+        return self.matrix.shape[0]
+
+    @staticmethod
+    def identity(ndim: int) -> AffineTransform:
+        return AffineTransform(np.eye(ndim), np.zeros(ndim), "rigid")
+
+    def homogeneous(self) -> np.ndarray:
+        """``(d+1, d+1)`` homogeneous matrix."""
+        d = self.ndim
+        m = np.eye(d + 1)
+        m[:d, :d], m[:d, d] = self.matrix, self.translation_mm
+        return m
+
+    @staticmethod
+    def from_homogeneous(m: np.ndarray, model: Model = "affine") -> AffineTransform:
+        d = m.shape[0] - 1
+        return AffineTransform(np.array(m[:d, :d], float), np.array(m[:d, d], float), model)
+
+    def apply(self, points_mm: np.ndarray) -> np.ndarray:
+        """Transformed points ``(N, d)`` for world points ``(N, d)``."""
+        return np.asarray(points_mm, float) @ self.matrix.T + self.translation_mm
+
+    def inverse(self) -> AffineTransform:
+        """The transform that undoes this one (moving -> fixed for a registration result)."""
+        return AffineTransform.from_homogeneous(np.linalg.inv(self.homogeneous()), self.model)
+
+    def rotation_deg(self) -> float:
+        """Angle of the rotation part (polar decomposition), degrees."""
+        u, _, vt = np.linalg.svd(self.matrix)
+        r = u @ vt
+        if self.ndim == 2:
+            return float(np.degrees(abs(np.arctan2(r[1, 0], r[0, 0]))))
+        return float(np.degrees(np.arccos(np.clip((np.trace(r) - 1) / 2, -1.0, 1.0))))
+
+    def save(self, path: str | Path) -> None:
+        """Write an ITK text transform file (.tfm/.txt); see :func:`to_itk_text`."""
+        from crossreg.outputs import atomic_write_text
+
+        atomic_write_text(path, to_itk_text(self))
+
+
+def compose(*transforms: AffineTransform) -> AffineTransform:
+    """The transform applying ``transforms`` in the order given: ``compose(a, b)(x) = b(a(x))``."""
+    m = np.eye(transforms[0].ndim + 1)
+    for t in transforms:
+        m = t.homogeneous() @ m
+    models = {t.model for t in transforms}
+    model: Model = "affine" if "affine" in models else ("similarity" if "similarity" in models else "rigid")
+    return AffineTransform.from_homogeneous(m, model)
+
+
+def rigid_from_params(angles_deg: np.ndarray, translation_mm: np.ndarray, center_mm: np.ndarray) -> AffineTransform:
+    """Rigid transform rotating by Euler angles (deg; 1 in 2D, x-y-z in 3D) about ``center_mm``."""
+    a = np.radians(np.atleast_1d(np.asarray(angles_deg, float)))
+    c = np.asarray(center_mm, float)
+    if c.size == 2:
+        r = np.array([[np.cos(a[0]), -np.sin(a[0])], [np.sin(a[0]), np.cos(a[0])]])
+    else:
+        cx, cy, cz = np.cos(a)
+        sx, sy, sz = np.sin(a)
+        rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+        ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+        rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+        r = rz @ ry @ rx
+    return AffineTransform(r, c - r @ c + np.asarray(translation_mm, float), "rigid")
+
+
+def to_itk_text(t: AffineTransform) -> str:
+    """ITK Insight Transform File text for ``t`` (centre 0, so parameters are matrix and offset)."""
+    d = t.ndim
+    params = " ".join(f"{v:.17g}" for v in [*t.matrix.ravel(), *t.translation_mm])
+    return (
+        "#Insight Transform File V1.0\n"
+        "#Transform 0\n"
+        f"Transform: AffineTransform_double_{d}_{d}\n"
+        f"Parameters: {params}\n"
+        f"FixedParameters: {' '.join(['0'] * d)}\n"
+    )
+
+
+def read_transform(path: str | Path) -> AffineTransform:
+    """Read a linear ITK transform file (.tfm/.txt/.mat/.h5) written by crossreg, ITK, ANTs or Slicer."""
+    import SimpleITK as sitk
+
+    try:
+        tx = sitk.ReadTransform(str(path))
+    except RuntimeError as err:
+        raise TransformIOError(f"cannot read transform {path}: {_first_line(err)}") from None
+    return from_sitk(tx, source=str(path))
+
+
+def from_sitk(tx, source: str = "transform") -> AffineTransform:
+    """Convert a SimpleITK linear transform (possibly a composite of linear ones) to AffineTransform."""
+    import SimpleITK as sitk
+
+    if tx.GetName() == "CompositeTransform":
+        comp = sitk.CompositeTransform(tx)
+        # ITK composites apply the last-added transform first.
+        parts = [from_sitk(comp.GetNthTransform(i), source) for i in range(comp.GetNumberOfTransforms())]
+        return compose(*reversed(parts))
+    d = tx.GetDimension()
+    try:
+        matrix = np.array(tx.GetMatrix(), float).reshape(d, d)
+        center = np.array(tx.GetCenter(), float)
+        trans = np.array(tx.GetTranslation(), float)
+    except (AttributeError, RuntimeError):
+        try:
+            tx = sitk.AffineTransform(tx)
+        except RuntimeError:
+            raise TransformIOError(f"{source}: {tx.GetName()} is not a linear transform") from None
+        return from_sitk(tx, source)
+    return AffineTransform(matrix, trans + center - matrix @ center, "affine")
+
+
+def to_sitk(t: AffineTransform):
+    """A SimpleITK AffineTransform equal to ``t``."""
+    import SimpleITK as sitk
+
+    tx = sitk.AffineTransform(t.ndim)
+    tx.SetMatrix(t.matrix.ravel().tolist())
+    tx.SetTranslation(t.translation_mm.tolist())
+    return tx
+
+
+def _first_line(err: Exception) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(err).__name__
