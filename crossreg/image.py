@@ -151,7 +151,7 @@ def validate(image: Image) -> None:
         raise InvalidImageError(f"{name}: {arr.ndim}D image; crossreg registers 2D or 3D images")
     if min(arr.shape) < MIN_SIZE:
         raise InvalidImageError(
-            f"{name}: size {tuple(grid.size_xyz)} voxels; each axis needs at least {MIN_SIZE}"
+            f"{name}: size {'x'.join(str(int(n)) for n in grid.size_xyz)} voxels; each axis needs at least {MIN_SIZE}"
         )
     if not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +32,37 @@ def load(path: str | Path) -> Image:
 
 def _read_file(path: Path) -> sitk.Image:
     try:
-        return sitk.ReadImage(str(path))
+        itk = sitk.ReadImage(str(path))
     except RuntimeError as err:
         reason = "not a readable image (unknown format or corrupt/truncated file)"
         if "ImageIO" not in str(err) and "Could not create IO" not in str(err):
             reason = "corrupt or truncated image file"
         raise ImageReadError(f"{path}: {reason}") from None
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti_complete(path, itk)
+    return itk
+
+
+def _check_nifti_complete(path: Path, itk: sitk.Image) -> None:
+    """Raise if a NIfTI file holds fewer voxel bytes than its header promises.
+
+    ITK's NIfTI reader zero-fills a truncated file without complaint: a silent wrong image.
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            header = f.read(544)
+            total = len(header) + sum(len(chunk) for chunk in iter(lambda: f.read(1 << 22), b""))
+    except (OSError, EOFError, zlib.error):
+        raise ImageReadError(f"{path}: corrupt or truncated image file") from None
+    nifti2 = struct.unpack("<i", header[:4])[0] in (540, 540 << 24)
+    endian = "<" if struct.unpack("<i", header[:4])[0] in (348, 540) else ">"
+    offset = struct.unpack(endian + ("q" if nifti2 else "f"), header[168:176] if nifti2 else header[108:112])[0]
+    expected = int(offset) + int(np.prod(itk.GetSize())) * itk.GetNumberOfComponentsPerPixel() * (
+        itk.GetSizeOfPixelComponent()
+    )
+    if total < expected:
+        raise ImageReadError(f"{path}: truncated file ({total} of {expected} bytes); re-export or re-copy it")
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
@@ -58,6 +86,10 @@ def from_sitk(itk: sitk.Image, source: str = "") -> Image:
     """An Image from a SimpleITK image (vector pixels become luminance)."""
     arr = sitk.GetArrayFromImage(itk)
     components = itk.GetNumberOfComponentsPerPixel()
+    if components not in (1, 3, 4):
+        raise InvalidImageError(
+            f"{source or 'image'}: {components} values per voxel; crossreg needs a scalar (or RGB) image"
+        )
     if components > 1:
         arr = arr[..., :3].astype(np.float64) @ _LUMA if components >= 3 else arr[..., 0]
     d = itk.GetDimension()

@@ -126,26 +126,19 @@ def read_transform(path: str | Path) -> AffineTransform:
 
 
 def from_sitk(tx, source: str = "transform") -> AffineTransform:
-    """Convert a SimpleITK linear transform (possibly a composite of linear ones) to AffineTransform."""
-    import SimpleITK as sitk
-
-    if tx.GetName() == "CompositeTransform":
-        comp = sitk.CompositeTransform(tx)
-        # ITK composites apply the last-added transform first.
-        parts = [from_sitk(comp.GetNthTransform(i), source) for i in range(comp.GetNumberOfTransforms())]
-        return compose(*reversed(parts))
+    """Convert any linear SimpleITK transform (Euler, Versor, Similarity, Affine, Translation,
+    or a composite of them) to AffineTransform, by probing it at the origin and unit vectors."""
     d = tx.GetDimension()
+    probes = np.vstack([np.zeros(d), np.eye(d) * 100.0])
     try:
-        matrix = np.array(tx.GetMatrix(), float).reshape(d, d)
-        center = np.array(tx.GetCenter(), float)
-        trans = np.array(tx.GetTranslation(), float)
-    except (AttributeError, RuntimeError):
-        try:
-            tx = sitk.AffineTransform(tx)
-        except RuntimeError:
-            raise TransformIOError(f"{source}: {tx.GetName()} is not a linear transform") from None
-        return from_sitk(tx, source)
-    return AffineTransform(matrix, trans + center - matrix @ center, "affine")
+        mapped = np.array([tx.TransformPoint(p.tolist()) for p in probes])
+    except RuntimeError as err:
+        raise TransformIOError(f"{source}: cannot evaluate transform ({_first_line(err)})") from None
+    result = AffineTransform((mapped[1:] - mapped[0]).T / 100.0, mapped[0], "affine")
+    check = np.random.default_rng(0).normal(scale=100.0, size=(4, d))
+    if not np.allclose([tx.TransformPoint(p.tolist()) for p in check], result.apply(check), atol=1e-6):
+        raise TransformIOError(f"{source}: {tx.GetName()} is not a linear transform")
+    return result
 
 
 def to_sitk(t: AffineTransform):
