@@ -17,6 +17,7 @@ import numpy as np
 from crossreg.errors import InvalidImageError
 
 MIN_SIZE = 8  # voxels per axis; below this no keypoint neighbourhood fits
+MIN_SIGNAL_VOXELS = 64  # voxels that differ from the background (median) value
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,13 +152,16 @@ def validate(image: Image) -> None:
         raise InvalidImageError(f"{name}: {arr.ndim}D image; crossreg registers 2D or 3D images")
     if min(arr.shape) < MIN_SIZE:
         raise InvalidImageError(
-            f"{name}: size {'x'.join(str(int(n)) for n in grid.size_xyz)} voxels; each axis needs at least {MIN_SIZE}"
+            f"{name}: size {'x'.join(str(int(n)) for n in grid.size_xyz)} voxels; "
+            f"each axis needs at least {MIN_SIZE}"
         )
     if not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
         raise InvalidImageError(f"{name}: {bad} NaN/Inf voxels; replace them before registering")
     if float(arr.max()) == float(arr.min()):
         raise InvalidImageError(f"{name}: constant image (every voxel is {arr.flat[0]:g})")
+    if np.count_nonzero(arr != np.median(arr)) < MIN_SIGNAL_VOXELS:
+        raise InvalidImageError(f"{name}: empty image (fewer than {MIN_SIGNAL_VOXELS} voxels hold signal)")
     sp = np.asarray(grid.spacing_mm)
     if not np.all(np.isfinite(sp)) or np.any(sp <= 0) or np.any(sp > 1e3) or np.any(sp < 1e-3):
         raise InvalidImageError(f"{name}: spacing {tuple(sp)} mm is not physical")

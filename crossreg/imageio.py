@@ -39,30 +39,37 @@ def _read_file(path: Path) -> sitk.Image:
             reason = "corrupt or truncated image file"
         raise ImageReadError(f"{path}: {reason}") from None
     if path.name.lower().endswith((".nii", ".nii.gz")):
-        _check_nifti_complete(path, itk)
+        _check_nifti_payload(path, itk)
     return itk
 
 
-def _check_nifti_complete(path: Path, itk: sitk.Image) -> None:
-    """Raise if a NIfTI file holds fewer voxel bytes than its header promises.
+def _check_nifti_payload(path: Path, itk: sitk.Image) -> None:
+    """Raise if a NIfTI file holds fewer voxel bytes than its header promises, or NaN/Inf floats.
 
-    ITK's NIfTI reader zero-fills a truncated file without complaint: a silent wrong image.
+    ITK's NIfTI reader zero-fills a truncated file and turns NaN voxels into 0 without a word: both
+    would be silent wrong images, so the raw payload is checked here.
     """
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
-            header = f.read(544)
-            total = len(header) + sum(len(chunk) for chunk in iter(lambda: f.read(1 << 22), b""))
+            raw = f.read()
     except (OSError, EOFError, zlib.error):
         raise ImageReadError(f"{path}: corrupt or truncated image file") from None
-    nifti2 = struct.unpack("<i", header[:4])[0] in (540, 540 << 24)
-    endian = "<" if struct.unpack("<i", header[:4])[0] in (348, 540) else ">"
-    offset = struct.unpack(endian + ("q" if nifti2 else "f"), header[168:176] if nifti2 else header[108:112])[0]
-    expected = int(offset) + int(np.prod(itk.GetSize())) * itk.GetNumberOfComponentsPerPixel() * (
-        itk.GetSizeOfPixelComponent()
-    )
-    if total < expected:
-        raise ImageReadError(f"{path}: truncated file ({total} of {expected} bytes); re-export or re-copy it")
+    sizeof_hdr = struct.unpack("<i", raw[:4])[0]
+    nifti2 = sizeof_hdr in (540, 540 << 24)
+    endian = "<" if sizeof_hdr in (348, 540) else ">"
+    offset = int(struct.unpack(endian + ("q" if nifti2 else "f"), raw[168:176] if nifti2 else raw[108:112])[0])
+    datatype = struct.unpack(endian + "h", raw[12:14] if nifti2 else raw[70:72])[0]
+    n_values = int(np.prod(itk.GetSize())) * itk.GetNumberOfComponentsPerPixel()
+    expected = offset + n_values * itk.GetSizeOfPixelComponent()
+    if len(raw) < expected:
+        raise ImageReadError(f"{path}: truncated file ({len(raw)} of {expected} bytes); re-export or re-copy it")
+    float_types = {16: "f4", 64: "f8"}
+    if datatype in float_types:
+        values = np.frombuffer(raw, endian + float_types[datatype], count=n_values, offset=offset)
+        bad = n_values - int(np.count_nonzero(np.isfinite(values)))
+        if bad:
+            raise InvalidImageError(f"{path}: {bad} NaN/Inf voxels; replace them before registering")
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
@@ -79,7 +86,9 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     try:
         return reader.Execute()
     except RuntimeError:
-        raise ImageReadError(f"{folder}: DICOM series could not be read (missing or corrupt slices)") from None
+        raise ImageReadError(
+            f"{folder}: DICOM series could not be read (missing or corrupt slices)"
+        ) from None
 
 
 def from_sitk(itk: sitk.Image, source: str = "") -> Image:
@@ -127,6 +136,8 @@ def save(image: Image, path: str | Path) -> None:
         try:
             sitk.WriteImage(itk, str(tmp), useCompression=True)
         except RuntimeError as err:
-            raise OSError(f"SimpleITK could not write this format ({str(err).strip().splitlines()[-1]})") from None
+            raise OSError(
+                f"SimpleITK could not write this format ({str(err).strip().splitlines()[-1]})"
+            ) from None
 
     atomic_write(path, write)

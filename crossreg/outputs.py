@@ -22,6 +22,8 @@ def check_outputs(paths: Iterable[str | Path | None], force: bool) -> None:
         probe = parent
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
+        if not probe.is_dir():
+            raise OutputWriteError(f"cannot write {path}: {probe} is not a directory")
         if not os.access(probe, os.W_OK):
             raise OutputWriteError(f"cannot write {path}: {probe} is not writable")
 

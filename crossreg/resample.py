@@ -7,6 +7,8 @@ differentiable in the transform, which is what intensity refinement optimises.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,7 +23,8 @@ def _normalizer(grid: Grid) -> np.ndarray:
     n = np.eye(d + 1)
     size = grid.size_xyz.astype(float)
     n[:d, :d] = np.diag(2.0 / np.maximum(size - 1, 1))
-    n[:d, d] = -1.0
+    # affine_grid puts a one-voxel axis at 0, not at -1.
+    n[:d, d] = np.where(size > 1, -1.0, 0.0)
     return n
 
 
@@ -32,8 +35,12 @@ def sampling_theta(target: Grid, source: Grid, transform_h: torch.Tensor) -> tor
     gradients flow through it.
     """
     dt, dev = transform_h.dtype, transform_h.device
-    left = torch.as_tensor(_normalizer(source) @ np.linalg.inv(source.index_to_world_matrix()), dtype=dt, device=dev)
-    right = torch.as_tensor(target.index_to_world_matrix() @ np.linalg.inv(_normalizer(target)), dtype=dt, device=dev)
+    left = torch.as_tensor(
+        _normalizer(source) @ np.linalg.inv(source.index_to_world_matrix()), dtype=dt, device=dev
+    )
+    right = torch.as_tensor(
+        target.index_to_world_matrix() @ np.linalg.inv(_normalizer(target)), dtype=dt, device=dev
+    )
     return (left @ transform_h @ right)[:-1]
 
 
@@ -42,7 +49,10 @@ def sample_tensor(
 ) -> torch.Tensor:
     """Sample ``volume`` ``(C, *source.shape)`` on ``target``; gives ``(C, *target.shape)``, zeros outside."""
     theta = sampling_theta(target, source, transform_h).to(volume.dtype)
-    coords = F.affine_grid(theta[None], [1, volume.shape[0], *target.shape], align_corners=True)
+    with warnings.catch_warnings():
+        # Unit-size axes are handled by _normalizer (placed at 0, as affine_grid does).
+        warnings.filterwarnings("ignore", message=".*unit-size grids.*")
+        coords = F.affine_grid(theta[None], [1, volume.shape[0], *target.shape], align_corners=True)
     return F.grid_sample(volume[None], coords, mode=mode, padding_mode="zeros", align_corners=True)[0]
 
 

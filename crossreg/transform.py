@@ -85,7 +85,9 @@ def compose(*transforms: AffineTransform) -> AffineTransform:
     return AffineTransform.from_homogeneous(m, model)
 
 
-def rigid_from_params(angles_deg: np.ndarray, translation_mm: np.ndarray, center_mm: np.ndarray) -> AffineTransform:
+def rigid_from_params(
+    angles_deg: np.ndarray, translation_mm: np.ndarray, center_mm: np.ndarray
+) -> AffineTransform:
     """Rigid transform rotating by Euler angles (deg; 1 in 2D, x-y-z in 3D) about ``center_mm``."""
     a = np.radians(np.atleast_1d(np.asarray(angles_deg, float)))
     c = np.asarray(center_mm, float)

@@ -49,6 +49,8 @@ def test_axis_aligned_grid_covers_corners():
         (np.full((20, 20, 20), np.nan), "NaN"),
         (np.ones((20, 20, 4)), "at least"),
         (np.ones((2, 20, 20, 20)), "4D"),
+        (np.pad(np.ones((3, 3, 3)), 10), "empty"),
+        (np.pad(np.ones((3, 3, 3)), 10), "empty"),
     ],
 )
 def test_invalid_images_rejected(array, message):

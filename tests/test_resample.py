@@ -64,5 +64,14 @@ def test_2d_resample_rotation_matches_numpy_rotation():
     img = Image(arr, Grid(arr.shape, (1.0, 1.0), (0.0, 0.0), np.eye(2)))
     rot90 = rigid_from_params(np.array([90.0]), np.zeros(2), np.array([31.5, 31.5]))
     out = resample(img, img.grid, rot90)
-    # Output point (x, y) samples input at R(x, y): R90 about the centre maps (x, y) -> (63 - y, x), so out[y, x] = arr[x, 63 - y].
+    # Output point (x, y) samples input at R(x, y) = (63 - y, x) (R90 about the centre),
+    # so out[y, x] = arr[x, 63 - y].
     np.testing.assert_allclose(out.array, arr.T[::-1, :], atol=1e-4)
+
+
+def test_single_slice_target_grid_samples_its_plane(t1_2mm):
+    g = t1_2mm.grid
+    k = 40
+    plane = Grid((1, *g.shape[1:]), g.spacing_mm, tuple(g.index_to_world([[0, 0, k]])[0]), g.direction)
+    out = resample(t1_2mm, plane)
+    np.testing.assert_allclose(out.array[0], t1_2mm.array[k], atol=1e-3)

@@ -40,7 +40,9 @@ def test_rotation_angle_about_center_keeps_center_fixed():
 
 
 def test_tfm_file_is_read_by_simpleitk_as_the_same_map(tmp_path):
-    t = compose(rigid([10, -20, 15], [15, -3, 7], [5, 5, 5]), AffineTransform(np.diag([1.1, 0.9, 1.0]), np.zeros(3)))
+    t = compose(
+        rigid([10, -20, 15], [15, -3, 7], [5, 5, 5]), AffineTransform(np.diag([1.1, 0.9, 1.0]), np.zeros(3))
+    )
     path = tmp_path / "t.tfm"
     t.save(path)
     itk = sitk.ReadTransform(str(path))

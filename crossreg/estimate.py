@@ -1,0 +1,321 @@
+"""Robust transforms from point matches: LO-RANSAC over batched Kabsch-Umeyama least squares.
+
+Every hypothesis of a chunk is fitted to its minimal sample at once (batched SVD) and scored against all
+matches at once; the best one (most inliers, truncated-quadratic MSAC error to break ties) is then
+polished by local optimisation: re-fit on all its inliers, re-score, repeat.
+
+Points are world millimetres. ``estimate(src_mm, dst_mm)`` maps ``src`` to ``dst``: pass fixed-image
+points as ``src`` to get crossreg's fixed -> moving registration transform.
+
+Confidence. Under the null hypothesis that the matches are random (each ``dst`` point unrelated to its
+``src`` point), a match lands within ``threshold_mm`` of where a transform sends it with probability
+``p0 = ball volume / volume the dst points spread over`` (a box of side ``sqrt(12) * sd`` along each
+principal axis, at least ``2 * threshold_mm``). A hypothesis fitted to ``k`` sampled matches then
+gathers ``X ~ Binomial(M - k, p0)`` further inliers by chance. ``confidence = 1 - min(1, H * P[X >=
+n_inliers - k])``, with ``H`` the number of hypotheses tried (a Bonferroni bound over the search):
+one minus an upper bound on the chance that random matches would have produced this many inliers.
+It is near 1 when the inliers cannot be chance and 0 when they are as many as chance gives; it does
+not measure accuracy (see ``rmse_mm``) and is optimistic when wrong matches are not spread at random
+(repeated structures).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from crossreg.errors import RegistrationFailed
+from crossreg.transform import AffineTransform, Model
+
+logger = logging.getLogger(__name__)
+
+Points = torch.Tensor | np.ndarray
+MODELS = ("rigid", "similarity", "affine")
+# A sample thinner than this fraction of the inlier threshold (RMS distance of its points from their
+# best-fitting line, or plane for affine 3D) leaves part of the transform fixed only by noise.
+_MIN_SPREAD_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class RansacConfig:
+    """LO-RANSAC settings.
+
+    threshold_mm: a match is an inlier if the transform sends its src point within this of its dst point.
+    iterations: number of minimal-sample hypotheses drawn.
+    min_inliers: fewer inliers than this is a failure (:class:`RegistrationFailed`).
+    refine_iterations: local-optimisation rounds (re-fit on all inliers, re-score).
+    chunk: hypotheses fitted and scored together; memory ~ ``chunk x M x d`` float64.
+    """
+
+    threshold_mm: float = 4.0
+    iterations: int = 4000
+    min_inliers: int = 8
+    refine_iterations: int = 5
+    chunk: int = 500
+
+    def __post_init__(self) -> None:
+        if self.threshold_mm <= 0:
+            raise ValueError(f"RansacConfig.threshold_mm must be > 0, got {self.threshold_mm}")
+        if self.iterations < 1 or self.chunk < 1:
+            raise ValueError(
+                f"RansacConfig.iterations and chunk must be >= 1, got {self.iterations}, {self.chunk}"
+            )
+        if self.min_inliers < 0 or self.refine_iterations < 0:
+            raise ValueError("RansacConfig.min_inliers and refine_iterations must be >= 0")
+
+
+@dataclass(frozen=True, eq=False)
+class Estimate:
+    """A transform fitted to matches, with the evidence for it.
+
+    transform: maps src points to dst points (``model`` set to the estimated family).
+    inliers: (M,) bool CPU tensor, matches within ``threshold_mm`` under ``transform``.
+    n_inliers: ``inliers.sum()``. rmse_mm: root-mean-square residual over the inliers, mm (NaN if none).
+    confidence: in [0, 1], one minus a bound on the chance that random matches give as many inliers
+        (see the module docstring).
+    """
+
+    transform: AffineTransform
+    inliers: torch.Tensor
+    n_inliers: int
+    rmse_mm: float
+    confidence: float
+
+
+def sample_size(model: Model, ndim: int) -> int:
+    """Matches in a minimal sample: d for rigid and similarity (2 in 2D, 3 in 3D), d + 1 for affine."""
+    return ndim + 1 if model == "affine" else ndim
+
+
+def fit(
+    src: Points, dst: Points, model: Model = "rigid", weights: Points | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares ``(matrix, translation)`` with ``dst ~ matrix @ src + translation``.
+
+    src, dst: (k, d) or batched (B, k, d) corresponding points (any d; float64 if not floating).
+    weights: (k,) or (B, k) non-negative, default uniform.
+    Returns matrix (d, d) or (B, d, d) and translation (d,) or (B, d), in src's dtype and device.
+    rigid: proper rotation (det +1, Kabsch); similarity: rotation times isotropic scale (Umeyama);
+    affine: unconstrained linear least squares (minimum-norm where under-determined).
+    """
+    src, dst, w = _as_batch(src, dst, weights)
+    w = w / w.sum(dim=-1, keepdim=True)
+    src_mean = (w[..., None] * src).sum(dim=-2)
+    dst_mean = (w[..., None] * dst).sum(dim=-2)
+    s, t = src - src_mean[..., None, :], dst - dst_mean[..., None, :]
+    if model == "affine":
+        root_w = w.sqrt()[..., None]
+        matrix = (torch.linalg.pinv(root_w * s) @ (root_w * t)).mT
+    elif model in ("rigid", "similarity"):
+        matrix = _rotation(s, t, w, with_scale=model == "similarity")
+    else:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    translation = dst_mean - (matrix @ src_mean[..., None])[..., 0]
+    return matrix, translation
+
+
+def _rotation(s: torch.Tensor, t: torch.Tensor, w: torch.Tensor, with_scale: bool) -> torch.Tensor:
+    """Umeyama: rotation (times scale) (..., d, d) best mapping centred s to centred t, (..., k, d)."""
+    cov = t.mT @ (w[..., None] * s)
+    u, sigma, vt = torch.linalg.svd(cov)
+    # Flip the weakest axis when U V^T would be a reflection: the closest proper rotation.
+    sign = torch.where(torch.linalg.det(u @ vt) < 0, -1.0, 1.0).to(s.dtype)
+    e = torch.ones_like(sigma)
+    e[..., -1] = sign
+    rotation = u @ (e[..., None] * vt)
+    if not with_scale:
+        return rotation
+    src_var = (w * (s * s).sum(dim=-1)).sum(dim=-1).clamp_min(torch.finfo(s.dtype).tiny)
+    return ((sigma * e).sum(dim=-1) / src_var)[..., None, None] * rotation
+
+
+def _as_batch(
+    src: Points, dst: Points, weights: Points | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """src, dst as (..., k, d) float tensors of one dtype and device, weights (..., k) to match."""
+    src = torch.as_tensor(src)
+    src = src if src.is_floating_point() else src.double()
+    dst = torch.as_tensor(dst, dtype=src.dtype, device=src.device)
+    if src.shape != dst.shape or src.dim() not in (2, 3):
+        raise ValueError(f"src and dst must both be (k, d) or (B, k, d), got {src.shape} and {dst.shape}")
+    if weights is None:
+        return src, dst, torch.ones(src.shape[:-1], dtype=src.dtype, device=src.device)
+    w = torch.as_tensor(weights, dtype=src.dtype, device=src.device)
+    return src, dst, w.expand(src.shape[:-1])
+
+
+def estimate(
+    src_mm: Points,
+    dst_mm: Points,
+    model: Model = "rigid",
+    config: RansacConfig = RansacConfig(),
+    seed: int = 0,
+) -> Estimate:
+    """The transform mapping ``src_mm`` to ``dst_mm`` that most matches agree with (LO-RANSAC).
+
+    src_mm, dst_mm: (M, d) matched world points, d = 2 or 3, numpy or torch (computed in float64 on
+    the CPU). Deterministic for a given ``seed``; on clean data the result does not depend on the order
+    of the matches (beyond rounding). Raises :class:`RegistrationFailed` with fewer than
+    ``max(min_inliers, minimal sample)`` matches, when every sample is degenerate, or with fewer than
+    ``config.min_inliers`` inliers.
+    """
+    src, dst = _as_points(src_mm, dst_mm, model)
+    k = sample_size(model, src.shape[1])
+    if src.shape[0] < max(k, config.min_inliers):
+        raise RegistrationFailed(_too_few(src.shape[0], max(k, config.min_inliers), "matches", model))
+    matrix, translation = _best_hypothesis(src, dst, model, config, seed)
+    matrix, translation, inliers = _local_optimisation(src, dst, matrix, translation, model, config)
+    n = int(inliers.sum())
+    if n < config.min_inliers:
+        raise RegistrationFailed(_too_few(n, config.min_inliers, "inlier matches", model))
+    rmse = float(_squared_residuals(src, dst, matrix, translation)[inliers].mean().sqrt())
+    p_null = _chance_inlier_probability(dst, config.threshold_mm)
+    confidence = _confidence(n, src.shape[0], k, p_null, config.iterations + config.refine_iterations)
+    logger.debug(
+        "estimate %s: %d/%d inliers, rmse %.3f mm, confidence %.3f", model, n, len(src), rmse, confidence
+    )
+    transform = AffineTransform(matrix.numpy().copy(), translation.numpy().copy(), model)
+    return Estimate(transform, inliers, n, rmse, confidence)
+
+
+def _as_points(src_mm: Points, dst_mm: Points, model: Model) -> tuple[torch.Tensor, torch.Tensor]:
+    """src, dst as (M, d) float64 CPU tensors, checked."""
+    src = torch.as_tensor(src_mm).detach().to("cpu", torch.float64)
+    dst = torch.as_tensor(dst_mm).detach().to("cpu", torch.float64)
+    if src.shape != dst.shape or src.dim() != 2 or src.shape[1] not in (2, 3):
+        raise ValueError(f"src_mm and dst_mm must both be (M, 2) or (M, 3), got {src.shape} and {dst.shape}")
+    if not (torch.isfinite(src).all() and torch.isfinite(dst).all()):
+        raise ValueError("src_mm and dst_mm must be finite (no NaN or inf coordinates)")
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    return src, dst
+
+
+def _too_few(count: int, needed: int, what: str, model: Model) -> str:
+    return (
+        f"only {count} {what} (need {needed}) for a {model} fit: the images may not overlap or the "
+        "features do not match; check that the field of view and initial orientation are right, try "
+        "more keypoints, or raise RansacConfig.threshold_mm"
+    )
+
+
+def _best_hypothesis(
+    src: torch.Tensor, dst: torch.Tensor, model: Model, config: RansacConfig, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The minimal-sample fit (matrix (d, d), translation (d,)) with most inliers, MSAC breaking ties."""
+    generator = torch.Generator().manual_seed(seed)
+    k = sample_size(model, src.shape[1])
+    best_score, best = -math.inf, None
+    for start in range(0, config.iterations, config.chunk):
+        count = min(config.chunk, config.iterations - start)
+        # Drawn with replacement: a repeated match has zero spread and is rejected as degenerate.
+        sample = torch.randint(src.shape[0], (count, k), generator=generator)
+        matrix, translation = fit(src[sample], dst[sample], model)
+        score = _score(src, dst, matrix, translation, config.threshold_mm)
+        usable = ~_degenerate(torch.stack([src[sample], dst[sample]]), config.threshold_mm).any(dim=0)
+        score = torch.where(usable & torch.isfinite(score), score, -math.inf)
+        i = int(score.argmax())
+        if score[i] > best_score:
+            best_score, best = float(score[i]), (matrix[i], translation[i])
+    if best is None:
+        raise RegistrationFailed(
+            f"every sampled set of {k} matches was degenerate (collinear, or closer together than "
+            f"{_MIN_SPREAD_FRACTION * config.threshold_mm:g} mm): the matched points do not span the "
+            "image; detect keypoints over a larger region or lower RansacConfig.threshold_mm"
+        )
+    return best
+
+
+def _score(
+    src: torch.Tensor, dst: torch.Tensor, matrix: torch.Tensor, translation: torch.Tensor, threshold_mm: float
+) -> torch.Tensor:
+    """(B,) inlier count plus a fraction < 1 that is larger for smaller truncated-quadratic (MSAC) error."""
+    thr_sq = threshold_mm**2
+    residual_sq = _squared_residuals(src, dst, matrix, translation)
+    count = (residual_sq < thr_sq).sum(dim=-1)
+    msac = residual_sq.clamp(max=thr_sq).sum(dim=-1)
+    return count - msac / (src.shape[0] * thr_sq + 1.0)
+
+
+def _squared_residuals(
+    src: torch.Tensor, dst: torch.Tensor, matrix: torch.Tensor, translation: torch.Tensor
+) -> torch.Tensor:
+    """Squared distances (..., M) from matrix @ src + translation to dst; src, dst (M, d)."""
+    # Coordinates first, (..., d, M): one GEMM for all hypotheses, and a fast sum over the short d axis.
+    difference = (matrix @ src.mT).add_(translation[..., :, None]).sub_(dst.mT)
+    return difference.square_().sum(dim=-2)
+
+
+def _degenerate(points: torch.Tensor, threshold_mm: float) -> torch.Tensor:
+    """(..., B) whether samples (..., B, k, d) are near-collinear or near-duplicate, given the threshold.
+
+    The k points must span k - 1 dimensions: the RMS distance of the points from their best-fitting
+    (k - 2)-flat (a point for k = 2, a line for k = 3, a plane for k = 4) must reach a fraction of the
+    threshold.
+    """
+    k = points.shape[-2]
+    centred = points - points.mean(dim=-2, keepdim=True)
+    spread = torch.linalg.svdvals(centred)[..., k - 2] / math.sqrt(k)
+    return spread < _MIN_SPREAD_FRACTION * threshold_mm
+
+
+def _local_optimisation(
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    matrix: torch.Tensor,
+    translation: torch.Tensor,
+    model: Model,
+    config: RansacConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Re-fit on all inliers until the inlier set is stable: matrix, translation, inliers (M,) bool.
+
+    Each re-fit minimises the squared residuals of the current inliers, all below threshold, so the
+    truncated-quadratic (MSAC) cost never rises: the loop cannot make the hypothesis worse, and on clean
+    data it reaches the same inlier set, hence the same fit, whatever hypothesis it starts from.
+    """
+    thr_sq = config.threshold_mm**2
+    inliers = _squared_residuals(src, dst, matrix, translation) < thr_sq
+    for _ in range(config.refine_iterations):
+        if int(inliers.sum()) < sample_size(model, src.shape[1]):
+            break
+        matrix, translation = fit(src[inliers], dst[inliers], model)
+        previous, inliers = inliers, _squared_residuals(src, dst, matrix, translation) < thr_sq
+        if torch.equal(inliers, previous):
+            break
+    return matrix, translation, inliers
+
+
+def _chance_inlier_probability(dst: torch.Tensor, threshold_mm: float) -> float:
+    """Chance that a random dst point (M, d) lies within threshold_mm of a given point (module doc)."""
+    d = dst.shape[1]
+    variances = torch.linalg.eigvalsh(torch.cov(dst.T)).clamp_min(0.0)
+    extent = (12.0 * variances).sqrt().clamp_min(2.0 * threshold_mm)
+    ball = math.pi ** (d / 2) / math.gamma(d / 2 + 1) * threshold_mm**d
+    return min(1.0, ball / float(extent.prod()))
+
+
+def _confidence(n_inliers: int, n_matches: int, k: int, p_null: float, n_hypotheses: int) -> float:
+    """1 - min(1, n_hypotheses * P[Binomial(n_matches - k, p_null) >= n_inliers - k])."""
+    log_p = min(0.0, math.log(n_hypotheses) + _log_binomial_tail(n_inliers - k, n_matches - k, p_null))
+    return max(0.0, -math.expm1(log_p))
+
+
+def _log_binomial_tail(successes: int, trials: int, p: float) -> float:
+    """log P[Binomial(trials, p) >= successes]."""
+    if successes <= 0 or p >= 1.0:
+        return 0.0
+    if successes > trials or p <= 0.0:
+        return -math.inf
+    j = torch.arange(successes, trials + 1, dtype=torch.float64)
+    log_pmf = (
+        math.lgamma(trials + 1)
+        - torch.lgamma(j + 1)
+        - torch.lgamma(trials - j + 1)
+        + j * math.log(p)
+        + (trials - j) * math.log1p(-p)
+    )
+    return float(torch.logsumexp(log_pmf, dim=0))

@@ -1,0 +1,309 @@
+"""Point correspondences and landmarks on disk: match CSV files, landmark CSV files, Slicer markups.
+
+Every coordinate in these files is a world position in millimetres in the LPS patient frame (ITK's and
+DICOM's: +x towards the patient's Left, +y Posterior, +z Superior), the frame of ``Image`` world
+points. 2D images use the first two axes (x, y).
+
+Match CSV columns (one row per putative match; 2D files have no ``*_z`` columns)::
+
+    id, fixed_x, fixed_y, fixed_z, moving_x, moving_y, moving_z, inlier, descriptor_distance
+
+``inlier`` is 1 or 0; ``descriptor_distance`` is empty when unknown. CSV has no comment syntax, so the
+frame is stated here and in the README, not in the file.
+
+Slicer markups (``.mrk.json``) are written with ``"coordinateSystem": "LPS"`` and read in either
+frame; RAS files are converted to LPS (x and y negated).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from crossreg.errors import CrossregError
+from crossreg.outputs import atomic_write_text
+
+MARKUPS_SCHEMA = (
+    "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/"
+    "Schema/markups-schema-v1.0.3.json#"
+)
+# Slicer's default control point orientation (identity in RAS) expressed in LPS.
+_LPS_ORIENTATION = [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0]
+_AXES = ("x", "y", "z")
+_UNIT_MM = {"mm": 1.0, "um": 1e-3}
+Rows = list[tuple[int, list[str]]]  # (line number, cells) of the data rows of a CSV file
+
+
+def _match_columns(ndim: int) -> list[str]:
+    return [
+        "id",
+        *(f"fixed_{a}" for a in _AXES[:ndim]),
+        *(f"moving_{a}" for a in _AXES[:ndim]),
+        "inlier",
+        "descriptor_distance",
+    ]
+
+
+def _points(points_mm: np.ndarray, name: str) -> np.ndarray:
+    pts = np.asarray(points_mm, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] not in (2, 3):
+        raise ValueError(f"{name} must be (N, 2) or (N, 3); got shape {pts.shape}")
+    return pts
+
+
+def write_matches_csv(
+    path: str | Path,
+    fixed_mm: np.ndarray,
+    moving_mm: np.ndarray,
+    inlier: np.ndarray,
+    distance: np.ndarray | None = None,
+) -> None:
+    """Write matches to a CSV file atomically (columns in the module docstring; world mm, LPS).
+
+    fixed_mm, moving_mm: ``(N, d)``, d = 2 or 3; inlier: ``(N,)`` bool; distance: ``(N,)`` or None.
+    Values are written with full float precision, so reading gives back the same numbers.
+    """
+    fixed, moving = _points(fixed_mm, "fixed_mm"), _points(moving_mm, "moving_mm")
+    inl = np.asarray(inlier, dtype=bool).reshape(-1)
+    dist = None if distance is None else np.asarray(distance, dtype=np.float64).reshape(-1)
+    n = len(fixed)
+    if moving.shape != fixed.shape or len(inl) != n or (dist is not None and len(dist) != n):
+        raise ValueError(
+            f"matches disagree in shape: fixed {fixed.shape}, moving {moving.shape}, inlier {inl.shape}"
+            + ("" if dist is None else f", distance {dist.shape}")
+        )
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(_match_columns(fixed.shape[1]))
+    for i in range(n):
+        d = "" if dist is None else repr(float(dist[i]))
+        coords = [repr(float(v)) for v in (*fixed[i], *moving[i])]
+        writer.writerow([i, *coords, int(inl[i]), d])
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_matches_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read a match CSV file: ``fixed_mm (N, d)``, ``moving_mm (N, d)`` in world mm LPS, ``inlier (N,)``.
+
+    ``d`` is 3 when the file has ``fixed_z``, else 2. Without an ``inlier`` column every match counts
+    as an inlier (hand-made correspondences). Raises CrossregError for malformed files.
+    """
+    header, rows, _ = _read_table(path)
+    if header is None:
+        raise CrossregError(f"{path}: no header row; expected columns {','.join(_match_columns(3))}")
+    ndim = 3 if "fixed_z" in header else 2
+    names = [f"{side}_{a}" for side in ("fixed", "moving") for a in _AXES[:ndim]]
+    missing = [c for c in names if c not in header]
+    if missing:
+        raise CrossregError(
+            f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(_match_columns(ndim))}"
+        )
+    values = _numeric(path, rows, [header.index(c) for c in names], names)
+    if "inlier" in header:
+        inlier = np.array([_flag(path, line, row[header.index("inlier")]) for line, row in rows], bool)
+    else:
+        inlier = np.ones(len(rows), bool)
+    return values[:, :ndim], values[:, ndim:], inlier
+
+
+def read_landmarks_csv(path: str | Path) -> np.ndarray:
+    """Read landmark points ``(N, d)`` in world mm LPS from a CSV file; d = 2 or 3.
+
+    Accepted layouts: a header naming columns ``x, y[, z]`` (other columns, e.g. ``label`` or ``id``,
+    are ignored); or no header, with rows ``x,y[,z]`` or ``label,x,y[,z]``. Without a header, three
+    numeric columns are read as ``x,y,z`` and four as ``id,x,y,z``. Slicer ``.fcsv`` files are read
+    too, with their ``CoordinateSystem`` (RAS files are converted to LPS).
+    """
+    header, rows, system = _read_table(path)
+    if header is not None:
+        names = [a for a in _AXES if a in header]
+        if names not in (["x", "y"], ["x", "y", "z"]):
+            raise CrossregError(f"{path}: header has no x,y[,z] columns (found {','.join(header)})")
+        cols = [header.index(a) for a in names]
+    else:
+        cols = _headerless_columns(path, rows)
+    points = _numeric(path, rows, cols, list(_AXES[: len(cols)]))
+    return _lps(path, points, system)
+
+
+def _read_table(path: str | Path) -> tuple[list[str] | None, Rows, str]:
+    """Header (lower-case, or None), the data rows with their line numbers, and the coordinate system."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CrossregError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
+    header, system, rows = None, "LPS", []
+    for line, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+        cells = [c.strip() for c in row]
+        if not any(cells):
+            continue
+        if cells[0].startswith("#"):
+            header, system = _fcsv_comment(",".join(row), header, system)
+        elif header is None and not rows and not any(_is_number(c) for c in cells):
+            header = [c.lower() for c in cells]
+        else:
+            rows.append((line, cells))
+    if not rows:
+        raise CrossregError(f"{path}: no data rows")
+    return header, rows, system
+
+
+def _fcsv_comment(comment: str, header: list[str] | None, system: str) -> tuple[list[str] | None, str]:
+    """Slicer .fcsv comment lines carry the column names and the coordinate system."""
+    key, _, value = comment.lstrip("#").partition("=")
+    key, value = key.strip().lower(), value.strip()
+    if key == "columns":
+        return [c.strip().lower() for c in value.split(",")], system
+    if key == "coordinatesystem":
+        return header, {"0": "RAS", "1": "LPS"}.get(value, value.upper())
+    return header, system
+
+
+def _headerless_columns(path: str | Path, rows: Rows) -> list[int]:
+    line, first = rows[0]
+    width = len(first)
+    numeric_first = _is_number(first[0])
+    if width == 4 or (not numeric_first and width in (3, 4)):
+        return list(range(1, width))
+    if numeric_first and width in (2, 3):
+        return list(range(width))
+    raise CrossregError(
+        f"{path} line {line}: {width} columns without a header; expected x,y[,z] or label,x,y[,z] "
+        "(or add a header row naming the x, y, z columns)"
+    )
+
+
+def _numeric(path: str | Path, rows: Rows, cols: list[int], names: list[str]) -> np.ndarray:
+    """``(N, len(cols))`` floats from the given columns, with an error naming the bad cell."""
+    out = np.empty((len(rows), len(cols)))
+    for i, (line, row) in enumerate(rows):
+        if len(row) <= max(cols):
+            raise CrossregError(f"{path} line {line}: {len(row)} values, expected at least {max(cols) + 1}")
+        for j, (c, name) in enumerate(zip(cols, names, strict=True)):
+            if not _is_number(row[c]):
+                raise CrossregError(f"{path} line {line}: {name}={row[c]!r} is not a number")
+            out[i, j] = float(row[c])
+    if not np.all(np.isfinite(out)):
+        raise CrossregError(f"{path}: coordinates must be finite (found NaN or Inf)")
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _flag(path: str | Path, line: int, text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise CrossregError(f"{path} line {line}: inlier={text!r}; expected 1/0 or true/false")
+
+
+def _lps(path: str | Path, points: np.ndarray, system: str) -> np.ndarray:
+    """``points`` ``(N, d)`` given in ``system`` (LPS or RAS), in LPS."""
+    if system not in ("LPS", "RAS"):
+        raise CrossregError(f"{path}: coordinate system {system!r}; expected LPS or RAS")
+    if system == "RAS":
+        points = points.copy()
+        points[:, :2] *= -1.0
+    return points
+
+
+def write_markups_json(path: str | Path, points_mm: np.ndarray, labels: list[str], name: str) -> None:
+    """Write a 3D Slicer fiducial list (``.mrk.json``, markups schema v1.0.3) atomically, in LPS.
+
+    points_mm: ``(N, 3)`` or ``(N, 2)`` world mm LPS (2D points get z = 0); labels: N strings.
+    """
+    pts = _points(points_mm, "points_mm")
+    if len(labels) != len(pts):
+        raise ValueError(f"{len(labels)} labels for {len(pts)} points")
+    if pts.shape[1] == 2:
+        pts = np.column_stack([pts, np.zeros(len(pts))])
+    control_points = [
+        {
+            "id": str(i + 1),
+            "label": str(label),
+            "description": "",
+            "associatedNodeID": "",
+            "position": [float(v) for v in p],
+            "orientation": list(_LPS_ORIENTATION),
+            "selected": True,
+            "locked": False,
+            "visibility": True,
+            "positionStatus": "defined",
+        }
+        for i, (p, label) in enumerate(zip(pts, labels, strict=True))
+    ]
+    markup = {
+        "type": "Fiducial",
+        "name": name,
+        "coordinateSystem": "LPS",
+        "coordinateUnits": "mm",
+        "locked": False,
+        "fixedNumberOfControlPoints": False,
+        "labelFormat": "%N-%d",
+        "lastUsedControlPointNumber": len(pts),
+        "controlPoints": control_points,
+        "measurements": [],
+        "display": {"visibility": True, "opacity": 1.0, "pointLabelsVisibility": True},
+    }
+    doc = {"@schema": MARKUPS_SCHEMA, "markups": [markup]}
+    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+
+
+def read_markups_json(path: str | Path) -> tuple[np.ndarray, list[str]]:
+    """Read the control points of a Slicer ``.mrk.json`` file: ``points_mm (N, 3)`` in LPS, and labels.
+
+    Control points of all markups in the file are returned in order; RAS files are converted to LPS
+    and micrometre files to mm. A point without a defined position raises CrossregError (dropping it
+    would silently mis-pair landmark lists).
+    """
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as err:
+        raise CrossregError(f"cannot read {path}: {err.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CrossregError(f"{path}: not a JSON file ({err})") from None
+    markups = doc.get("markups") if isinstance(doc, dict) else None
+    if not isinstance(markups, list):
+        raise CrossregError(f"{path}: no 'markups' list; not a Slicer markups (.mrk.json) file")
+    points, labels = [], []
+    for markup in markups:
+        pts, labs = _markup_points(path, markup)
+        points.append(pts)
+        labels.extend(labs)
+    if not labels:
+        raise CrossregError(f"{path}: the file holds no control points")
+    return np.concatenate(points), labels
+
+
+def _markup_points(path: str | Path, markup: dict) -> tuple[np.ndarray, list[str]]:
+    """``(n, 3)`` LPS mm points and labels of one markup."""
+    if not isinstance(markup, dict) or not isinstance(markup.get("controlPoints", []), list):
+        raise CrossregError(f"{path}: a markup is not an object with a 'controlPoints' list")
+    units = markup.get("coordinateUnits", "mm")
+    unit = str(units[0] if isinstance(units, list) and units else units)
+    if unit not in _UNIT_MM:
+        raise CrossregError(f"{path}: coordinateUnits {units!r}; expected mm or um")
+    points, labels = [], []
+    for i, cp in enumerate(markup.get("controlPoints", [])):
+        cp = cp if isinstance(cp, dict) else {}
+        label = str(cp.get("label", i + 1))
+        pos = cp.get("position")
+        defined = cp.get("positionStatus", "defined") == "defined" and isinstance(pos, list)
+        if not defined or len(pos) != 3 or not all(isinstance(v, (int, float)) for v in pos):
+            raise CrossregError(f"{path}: control point {label!r} has no defined 3-value position")
+        points.append([float(v) for v in pos])
+        labels.append(label)
+    pts = np.array(points, float).reshape(-1, 3) * _UNIT_MM[unit]
+    return _lps(path, pts, markup.get("coordinateSystem", "LPS")), labels

@@ -1,0 +1,143 @@
+"""register(fixed, moving) -> Result: the whole pipeline, one function.
+
+working grids -> keypoints -> MIND-SSC descriptors -> mutual-NN matching -> RANSAC -> refinement.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from crossreg.errors import DimensionMismatchError, NoOverlapError
+from crossreg.estimate import RansacConfig, estimate
+from crossreg.features.mind import MindConfig, dense_mind, describe_mind
+from crossreg.image import Image, fov_mask, robust_normalize
+from crossreg.keypoints import KeypointConfig, Keypoints, detect_keypoints
+from crossreg.matching import MatchConfig, match
+from crossreg.refine import RefineConfig, refine
+from crossreg.resample import resample, to_working_grid
+from crossreg.result import Result
+from crossreg.transform import AffineTransform, Model
+
+log = logging.getLogger(__name__)
+
+#: Working grids aim for this many voxels along the longest axis (3D, 2D): enough anatomy per
+#: descriptor neighbourhood, few enough voxels for a CPU.
+WORKING_SIZE = {3: 96, 2: 192}
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    """Everything that determines a registration (with the seed)."""
+
+    model: Model = "rigid"
+    working_spacing_mm: float | None = None
+    keypoints: KeypointConfig = field(default_factory=KeypointConfig)
+    mind: MindConfig = field(default_factory=MindConfig)
+    matching: MatchConfig = field(default_factory=MatchConfig)
+    ransac: RansacConfig = field(default_factory=RansacConfig)
+    refine: RefineConfig | None = field(default_factory=RefineConfig)
+    device: str = "cpu"
+    seed: int = 0
+
+
+def working_spacing(fixed: Image, moving: Image, config: RegisterConfig) -> float:
+    """Isotropic spacing (mm) of the grids keypoints are found on."""
+    if config.working_spacing_mm is not None:
+        return float(config.working_spacing_mm)
+    extent = max(np.ptp(im.grid.corners_mm(), axis=0).max() for im in (fixed, moving))
+    finest = min(min(fixed.spacing_mm), min(moving.spacing_mm))
+    return float(max(extent / WORKING_SIZE[fixed.ndim], finest))
+
+
+@dataclass(frozen=True, eq=False)
+class _Side:
+    """One image prepared for matching: working image, keypoints, descriptors."""
+
+    work: Image
+    keypoints: Keypoints
+    descriptors: torch.Tensor
+
+
+def _prepare(image: Image, spacing_mm: float, config: RegisterConfig, seed: int) -> _Side:
+    work = to_working_grid(robust_normalize(image), spacing_mm)
+    work = work.with_array(work.array, work.valid_mask() & fov_mask(work))
+    kps = detect_keypoints(work, config.keypoints, seed=seed)
+    dense = dense_mind(work, config.mind).to(config.device)
+    desc = describe_mind(work, kps.points_mm.to(config.device), config.mind, dense=dense)
+    return _Side(work, kps, desc)
+
+
+def register(
+    fixed: Image,
+    moving: Image,
+    config: RegisterConfig | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> Result:
+    """Register ``moving`` to ``fixed``: a transform mapping fixed points to moving points.
+
+    Raises RegistrationFailed when too few matches agree on a transform, NoOverlapError when the
+    found transform leaves the images without common field of view.
+    """
+    config = config or RegisterConfig()
+    if fixed.ndim != moving.ndim:
+        raise DimensionMismatchError(f"fixed image is {fixed.ndim}D but moving image is {moving.ndim}D")
+    stage = on_stage or (lambda name: None)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = now - clock
+        clock = now
+
+    spacing = working_spacing(fixed, moving, config)
+    stage(f"keypoints and descriptors on {spacing:.2g} mm grids")
+    f_side = _prepare(fixed, spacing, config, config.seed)
+    m_side = _prepare(moving, spacing, config, config.seed + 1)
+    lap("features")
+    stage(f"matching {len(f_side.keypoints)} x {len(m_side.keypoints)} keypoints")
+    matches = match(f_side.descriptors, m_side.descriptors, config.matching)
+    f_pts = f_side.keypoints.points_mm[matches.i0.cpu()].double()
+    m_pts = m_side.keypoints.points_mm[matches.i1.cpu()].double()
+    lap("matching")
+    stage(f"RANSAC ({config.model}) on {len(matches)} matches")
+    found = estimate(f_pts, m_pts, config.model, config.ransac, seed=config.seed)
+    _check_overlap(f_side.work, m_side.work, found.transform)
+    lap("ransac")
+    transform = found.transform
+    if config.refine is not None:
+        stage("intensity refinement")
+        transform = refine(fixed, moving, transform, config.model, config.refine, config.device).transform
+        lap("refine")
+    log.info("registered with %d inliers of %d matches", found.n_inliers, len(matches))
+    return Result(
+        transform=transform,
+        ransac_transform=found.transform,
+        fixed_points_mm=f_pts.numpy(),
+        moving_points_mm=m_pts.numpy(),
+        inliers=found.inliers.cpu().numpy(),
+        confidence=found.confidence,
+        rmse_mm=found.rmse_mm,
+        timings_s=timings,
+        fixed=fixed,
+        moving=moving,
+    )
+
+
+def _check_overlap(fixed_work: Image, moving_work: Image, transform: AffineTransform) -> float:
+    """Fraction of the fixed field of view that lands inside the moving one; raises if (almost) none."""
+    landed = resample(moving_work, fixed_work.grid, transform).mask & fixed_work.valid_mask()
+    fraction = landed.sum() / max(fixed_work.valid_mask().sum(), 1)
+    if fraction < 0.01:
+        raise NoOverlapError(
+            f"the matched transform leaves only {100 * fraction:.1f}% of the fixed field of view inside the "
+            "moving image: the images do not overlap"
+        )
+    return float(fraction)

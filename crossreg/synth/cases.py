@@ -1,0 +1,101 @@
+"""Cross-modal registration cases with exact ground truth: an image, a synthetic other modality of it
+moved by a known rigid transform, and corresponding landmarks.
+
+``Case.true_transform`` follows crossreg's convention (fixed points -> moving points), so
+``SimpleITK.Resample(moving, fixed, to_sitk(case.true_transform))`` brings the moving image back onto
+the fixed one, and ``landmarks_moving_mm == true_transform.apply(landmarks_fixed_mm)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+import torch
+
+from crossreg.filters import erode
+from crossreg.image import Image, fov_mask
+from crossreg.synth.geometry import apply_slab, move, random_rigid, random_slab, sample_landmarks
+from crossreg.synth.modality import CorruptionConfig, corrupt, ct_like, random_lut, t2_like
+from crossreg.transform import AffineTransform
+
+CaseKind = Literal["t2", "ct", "random", "same"]
+DEFAULT_CORRUPTION = CorruptionConfig()
+
+
+@dataclass(frozen=True, eq=False)
+class Case:
+    """One registration problem with its answer.
+
+    fixed: the original image. moving: ``modality`` moved by ``true_transform`` onto its own grid.
+    true_transform: fixed world mm -> moving world mm. landmarks_fixed_mm, landmarks_moving_mm:
+    ``(N, d)`` corresponding world points. modality: the moving image's content before the motion,
+    on (a grid covering) the fixed image's grid: the ideal result of resampling moving onto fixed.
+    """
+
+    fixed: Image
+    moving: Image
+    true_transform: AffineTransform
+    landmarks_fixed_mm: np.ndarray
+    landmarks_moving_mm: np.ndarray
+    name: str
+    kind: CaseKind
+    modality: Image
+
+
+def synthesize(image: Image, kind: CaseKind, tissues: dict[str, Image] | None = None, seed: int = 0) -> Image:
+    """The other-modality version of ``image`` (a T1 for ``t2``/``ct``) before corruption and motion."""
+    if kind == "t2":
+        return t2_like(image, tissues, seed)
+    if kind == "ct":
+        return ct_like(image, tissues, seed)
+    if kind == "random":
+        return random_lut(image, seed)
+    if kind == "same":
+        return image
+    raise ValueError(f"unknown case kind {kind!r}; use 't2', 'ct', 'random' or 'same'")
+
+
+def make_case(
+    image: Image,
+    kind: CaseKind = "t2",
+    angle_deg: float = 15.0,
+    translation_mm: float = 15.0,
+    fov_fraction: float = 1.0,
+    moving_spacing_mm: tuple[float, ...] | None = None,
+    tissues: dict[str, Image] | None = None,
+    corruption: CorruptionConfig | None = DEFAULT_CORRUPTION,
+    n_landmarks: int = 20,
+    seed: int = 0,
+) -> Case:
+    """A case: ``image`` as fixed, its ``kind`` modality moved by a random rigid transform as moving.
+
+    The rotation is exactly ``angle_deg`` (random axis, about the fixed grid centre) and the centre
+    moves exactly ``translation_mm``. ``fov_fraction`` < 1 keeps a random slab holding that fraction
+    of the signal in the moving image; ``moving_spacing_mm`` (ITK order, e.g. ``(1.5, 1.5, 3)``)
+    re-grids it anisotropically; ``corruption`` (None for none) adds blur, bias field and noise (for CT:
+    no bias, Gaussian noise at a sixth of the MR level). Landmarks lie inside the fixed signal and the
+    moving field of view.
+    """
+    seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(5)]
+    modality = synthesize(image, kind, tissues, seeds[0])
+    if corruption is not None:
+        if kind == "ct":  # CT has no bias field, and its noise (~5 HU) is small next to bone (~1500 HU)
+            noise = tuple(s / 6.0 for s in corruption.noise_sigma)
+            corruption = replace(corruption, bias_strength=(0.0, 0.0), noise_sigma=noise, rician=False)
+        modality = corrupt(modality, corruption, seeds[1])
+    region = fov_mask(image)
+    if fov_fraction < 1.0:
+        slab = random_slab(image, fov_fraction, seeds[2])
+        modality = apply_slab(modality, slab)
+        region &= slab.mask(image.grid)
+    truth = random_rigid(image.ndim, angle_deg, translation_mm, image.grid.center_mm(), seeds[3])
+    moving = move(modality, truth, moving_spacing_mm)
+    # Two voxels of margin keep landmarks clear of the FOV edge, where interpolation mixes in zeros.
+    region = erode(torch.from_numpy(region), 2).numpy()
+    landmarks = sample_landmarks(image, n_landmarks, seeds[4], mask=region)
+    fov = f"-fov{fov_fraction:g}" if fov_fraction < 1.0 else ""
+    aniso = "-sp" + "x".join(f"{s:g}" for s in moving_spacing_mm) if moving_spacing_mm else ""
+    name = f"{kind}-{angle_deg:g}deg-{translation_mm:g}mm{fov}{aniso}-seed{seed}"
+    return Case(image, moving, truth, landmarks, truth.apply(landmarks), name, kind, modality)
