@@ -1,3 +1,36 @@
-"""crossreg: find corresponding anatomy across imaging modalities and register the images."""
+"""crossreg: find corresponding anatomy across imaging modalities and register the images.
+
+>>> import crossreg as xr
+>>> fixed, moving = xr.load("mri.nii.gz"), xr.load("us.nii.gz")
+>>> result = xr.register(fixed, moving)   # result.transform maps fixed points to moving points
+>>> result.save("T.tfm", qa_path="qa.png")
+"""
+
+from crossreg.errors import CrossregError, NoOverlapError, RegistrationFailed
+from crossreg.estimate import estimate
+from crossreg.image import Image, from_array
+from crossreg.imageio import load, save
+from crossreg.keypoints import detect_keypoints
+from crossreg.matching import match
+from crossreg.register import RegisterConfig, register
+from crossreg.result import Result
+from crossreg.transform import AffineTransform, read_transform
 
 __version__ = "0.1.0"
+__all__ = [
+    "AffineTransform",
+    "CrossregError",
+    "Image",
+    "NoOverlapError",
+    "RegisterConfig",
+    "RegistrationFailed",
+    "Result",
+    "detect_keypoints",
+    "estimate",
+    "from_array",
+    "load",
+    "match",
+    "read_transform",
+    "register",
+    "save",
+]

@@ -58,12 +58,16 @@ def _check_nifti_payload(path: Path, itk: sitk.Image) -> None:
     sizeof_hdr = struct.unpack("<i", raw[:4])[0]
     nifti2 = sizeof_hdr in (540, 540 << 24)
     endian = "<" if sizeof_hdr in (348, 540) else ">"
-    offset = int(struct.unpack(endian + ("q" if nifti2 else "f"), raw[168:176] if nifti2 else raw[108:112])[0])
+    offset = int(
+        struct.unpack(endian + ("q" if nifti2 else "f"), raw[168:176] if nifti2 else raw[108:112])[0]
+    )
     datatype = struct.unpack(endian + "h", raw[12:14] if nifti2 else raw[70:72])[0]
     n_values = int(np.prod(itk.GetSize())) * itk.GetNumberOfComponentsPerPixel()
     expected = offset + n_values * itk.GetSizeOfPixelComponent()
     if len(raw) < expected:
-        raise ImageReadError(f"{path}: truncated file ({len(raw)} of {expected} bytes); re-export or re-copy it")
+        raise ImageReadError(
+            f"{path}: truncated file ({len(raw)} of {expected} bytes); re-export or re-copy it"
+        )
     float_types = {16: "f4", 64: "f8"}
     if datatype in float_types:
         values = np.frombuffer(raw, endian + float_types[datatype], count=n_values, offset=offset)

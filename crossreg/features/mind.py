@@ -4,16 +4,42 @@ Heinrich et al., "Towards realtime multimodal fusion for image-guided interventi
 self-similarity context", MICCAI 2013. Each channel compares two patches of the *same* image that sit
 on neighbouring voxels of the centre (pairs of the 2d-neighbourhood that are sqrt(2) apart: 12 in 3D,
 4 in 2D), so it describes local structure, not intensity, and survives modality changes.
+
+``dense_mind`` computes it with neighbour offsets along the *world* axes (in mm), so the channels mean
+the same thing whatever the direction matrix or axis order of the grid; ``describe_mind`` turns the
+dense maps into one vector per keypoint by sampling them on a world-aligned pattern around it.
 """
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from crossreg.filters import box_mean
+from crossreg.filters import box_mean, gaussian_blur
+from crossreg.image import Grid, Image
+from crossreg.resample import sampling_theta
+
+
+@dataclass(frozen=True)
+class MindConfig:
+    """Dense MIND-SSC and the sparse keypoint descriptor built on it; lengths in world mm.
+
+    dilations_mm: neighbour distances of the self-similarity pairs, one 12- (3D) or 4-channel (2D)
+    block each. patch_sigma_mm: Gaussian width of the compared patches. The keypoint descriptor
+    samples the dense maps on a world-aligned grid of ``layout_size_2d**2`` / ``layout_size_3d**3``
+    positions spanning ``+-layout_radius_mm`` around the keypoint: 5x5x8 = 200 dims in 2D, 3x3x3x24
+    = 648 in 3D. 2D takes more positions because it has a third of the channels per position.
+    """
+
+    dilations_mm: tuple[float, ...] = (2.0, 4.0)
+    patch_sigma_mm: float = 1.5
+    layout_radius_mm: float = 8.0
+    layout_size_2d: int = 5
+    layout_size_3d: int = 3
 
 
 def ssc_pairs(ndim: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -24,7 +50,11 @@ def ssc_pairs(ndim: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
             s = [0] * ndim
             s[axis] = sign
             steps.append(tuple(s))
-    return [(a, b) for a, b in itertools.combinations(steps, 2) if sum((x - y) ** 2 for x, y in zip(a, b)) == 2]
+    return [
+        (a, b)
+        for a, b in itertools.combinations(steps, 2)
+        if sum((x - y) ** 2 for x, y in zip(a, b, strict=True)) == 2
+    ]
 
 
 def _shift(x: torch.Tensor, offset: tuple[int, ...]) -> torch.Tensor:
@@ -32,26 +62,104 @@ def _shift(x: torch.Tensor, offset: tuple[int, ...]) -> torch.Tensor:
     r = max(abs(o) for o in offset)
     pad = [r] * (2 * x.dim())
     padded = F.pad(x[None, None], pad, mode="replicate")[0, 0]
-    return padded[tuple(slice(r + o, r + o + n) for o, n in zip(offset, x.shape))]
+    return padded[tuple(slice(r + o, r + o + n) for o, n in zip(offset, x.shape, strict=True))]
 
 
-def mind_ssc(volume: torch.Tensor, dilation_vox: int = 1, patch_radius_vox: int = 1) -> torch.Tensor:
-    """Dense MIND-SSC of ``volume`` ``(*spatial)``: ``(P, *spatial)``, P = 12 (3D) or 4 (2D), in [0, 1].
-
-    dilation_vox: neighbour distance in voxels; patch_radius_vox: radius of the compared patches.
-    """
-    x = volume.float()
-    pairs = ssc_pairs(x.dim())
-    ssd = torch.stack(
-        [
-            (_shift(x, tuple(dilation_vox * v for v in a)) - _shift(x, tuple(dilation_vox * v for v in b))) ** 2
-            for a, b in pairs
-        ]
-    )
-    ssd = box_mean(ssd, patch_radius_vox)
+def _self_similarity(ssd: torch.Tensor) -> torch.Tensor:
+    """MIND from patch distances ``(P, *spatial)``: ``exp(-ssd / local variance)``, max 1 per voxel."""
     ssd = ssd - ssd.min(dim=0, keepdim=True).values
     variance = ssd.mean(dim=0, keepdim=True)
     mean_var = variance.mean()
     variance = variance.clamp(min=1e-3 * mean_var.item() + 1e-12, max=1e3 * mean_var.item() + 1e-12)
     mind = torch.exp(-ssd / variance)
     return mind / mind.max(dim=0, keepdim=True).values
+
+
+def mind_ssc(volume: torch.Tensor, dilation_vox: int = 1, patch_radius_vox: int = 1) -> torch.Tensor:
+    """Dense MIND-SSC of ``volume`` ``(*spatial)``: ``(P, *spatial)``, P = 12 (3D) or 4 (2D), in [0, 1].
+
+    dilation_vox: neighbour distance in voxels; patch_radius_vox: radius of the compared patches.
+    Offsets are along the array axes; use :func:`dense_mind` for world-aligned channels.
+    """
+    x = volume.float()
+    pairs = ssc_pairs(x.dim())
+    steps = {step for pair in pairs for step in pair}
+    shifted = {step: _shift(x, tuple(dilation_vox * v for v in step)) for step in steps}
+    ssd = torch.stack([(shifted[a] - shifted[b]) ** 2 for a, b in pairs])
+    return _self_similarity(box_mean(ssd, patch_radius_vox))
+
+
+def _world_shift(x: torch.Tensor, grid: Grid, offset_mm: np.ndarray) -> torch.Tensor:
+    """``x`` ``(*grid.shape)`` sampled at each voxel's world position plus ``offset_mm`` ``(d,)``.
+
+    Whole-voxel offsets (any axis-aligned grid whose spacing divides the offset) are exact slices;
+    others are interpolated. Both clamp at the array edge.
+    """
+    d = grid.ndim
+    ends = grid.world_to_index(np.stack([np.asarray(grid.origin_mm), grid.origin_mm + offset_mm]))
+    index_offset = ends[1] - ends[0]
+    if np.allclose(index_offset, np.round(index_offset), atol=1e-6):
+        return _shift(x, tuple(int(v) for v in np.round(index_offset[::-1])))
+    translate = torch.eye(d + 1, dtype=torch.float64)
+    translate[:d, d] = torch.as_tensor(offset_mm, dtype=torch.float64)
+    theta = sampling_theta(grid, grid, translate).to(x.dtype)
+    coords = F.affine_grid(theta[None], [1, 1, *grid.shape], align_corners=True)
+    return F.grid_sample(x[None, None], coords, padding_mode="border", align_corners=True)[0, 0]
+
+
+def _world_mind(x: torch.Tensor, grid: Grid, dilation_mm: float, patch_sigma_mm: float) -> torch.Tensor:
+    """MIND-SSC ``(P, *spatial)`` of ``x`` with neighbour offsets of ``dilation_mm`` along world axes."""
+    pairs = ssc_pairs(grid.ndim)
+    steps = {step for pair in pairs for step in pair}
+    shifted = {step: _world_shift(x, grid, dilation_mm * np.asarray(step, float)) for step in steps}
+    ssd = torch.stack([(shifted[a] - shifted[b]) ** 2 for a, b in pairs])
+    sigma_vox = tuple(patch_sigma_mm / s for s in grid.spacing_mm[::-1])
+    return _self_similarity(gaussian_blur(ssd, sigma_vox))
+
+
+def dense_mind(image: Image, config: MindConfig = MindConfig()) -> torch.Tensor:
+    """World-aligned MIND-SSC of ``image``, all dilations stacked: ``(C, *spatial)`` float32.
+
+    C = 12 (3D) or 4 (2D) per dilation. Channel ``k`` compares the same world-axis neighbours on any
+    grid, so the same anatomy stored with flipped or permuted axes gives the same channels.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(image.array, np.float32))
+    return torch.cat([_world_mind(x, image.grid, d, config.patch_sigma_mm) for d in config.dilations_mm])
+
+
+def layout_offsets_mm(ndim: int, config: MindConfig = MindConfig()) -> torch.Tensor:
+    """World offsets ``(K, d)`` (x, y, z order) sampled around each keypoint, ``K = size**d``."""
+    size = config.layout_size_2d if ndim == 2 else config.layout_size_3d
+    ticks = torch.linspace(-config.layout_radius_mm, config.layout_radius_mm, size, dtype=torch.float64)
+    mesh = torch.meshgrid(*[ticks] * ndim, indexing="ij")
+    return torch.stack([m.reshape(-1) for m in mesh], dim=1)
+
+
+def describe_mind(
+    image: Image,
+    points_mm: torch.Tensor,
+    config: MindConfig = MindConfig(),
+    dense: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """L2-normalised MIND-SSC descriptors ``(N, K * C)`` float32 of world points ``(N, d)`` mm.
+
+    dense: ``dense_mind(image, config)`` if already computed, ``(C, *image.shape)``, on any device;
+    the descriptors come back on its device. Samples (trilinear) outside the image read as zero;
+    a point with its whole layout outside gets the zero vector.
+    """
+    dense = dense_mind(image, config) if dense is None else dense
+    d = image.ndim
+    offsets = layout_offsets_mm(d, config)
+    n, k, c = points_mm.shape[0], offsets.shape[0], dense.shape[0]
+    world = (points_mm.detach().cpu().double()[:, None, :] + offsets[None]).reshape(-1, d)
+    coords = _grid_sample_coords(image.grid, world.numpy())
+    coords = torch.from_numpy(coords).to(dense.device, dense.dtype).view(1, n, k, *[1] * (d - 2), d)
+    values = F.grid_sample(dense[None], coords, mode="bilinear", padding_mode="zeros", align_corners=True)
+    desc = values.reshape(c, n, k).permute(1, 2, 0).reshape(n, k * c)
+    return F.normalize(desc - desc.mean(dim=1, keepdim=True), dim=1).float()
+
+
+def _grid_sample_coords(grid: Grid, points_mm: np.ndarray) -> np.ndarray:
+    """grid_sample coordinates ``(N, d)`` (x, y, z; -1..1 at the corner voxel centres) of world points."""
+    index_xyz = grid.world_to_index(points_mm)
+    return 2.0 * index_xyz / np.maximum(grid.size_xyz - 1, 1) - 1.0

@@ -18,9 +18,10 @@ from crossreg.filters import erode
 from crossreg.image import Image, fov_mask
 from crossreg.synth.geometry import apply_slab, move, random_rigid, random_slab, sample_landmarks
 from crossreg.synth.modality import CorruptionConfig, corrupt, ct_like, random_lut, t2_like
+from crossreg.synth.ultrasound import crop_to_fov, random_ultrasound
 from crossreg.transform import AffineTransform
 
-CaseKind = Literal["t2", "ct", "random", "same"]
+CaseKind = Literal["t2", "ct", "random", "same", "us"]
 DEFAULT_CORRUPTION = CorruptionConfig()
 
 
@@ -45,7 +46,11 @@ class Case:
 
 
 def synthesize(image: Image, kind: CaseKind, tissues: dict[str, Image] | None = None, seed: int = 0) -> Image:
-    """The other-modality version of ``image`` (a T1 for ``t2``/``ct``) before corruption and motion."""
+    """The other-modality version of ``image`` (a T1 for ``t2``/``ct``/``us``) before corruption and motion.
+
+    ``us``: a B-mode ultrasound from a random probe pose on the brain surface with random acoustic
+    parameters (:func:`crossreg.synth.ultrasound.random_ultrasound`); its mask is the probe's cone.
+    """
     if kind == "t2":
         return t2_like(image, tissues, seed)
     if kind == "ct":
@@ -54,7 +59,9 @@ def synthesize(image: Image, kind: CaseKind, tissues: dict[str, Image] | None = 
         return random_lut(image, seed)
     if kind == "same":
         return image
-    raise ValueError(f"unknown case kind {kind!r}; use 't2', 'ct', 'random' or 'same'")
+    if kind == "us":
+        return random_ultrasound(image, tissues, seed)
+    raise ValueError(f"unknown case kind {kind!r}; use 't2', 'ct', 'random', 'same' or 'us'")
 
 
 def make_case(
@@ -75,23 +82,26 @@ def make_case(
     moves exactly ``translation_mm``. ``fov_fraction`` < 1 keeps a random slab holding that fraction
     of the signal in the moving image; ``moving_spacing_mm`` (ITK order, e.g. ``(1.5, 1.5, 3)``)
     re-grids it anisotropically; ``corruption`` (None for none) adds blur, bias field and noise (for CT:
-    no bias, Gaussian noise at a sixth of the MR level). Landmarks lie inside the fixed signal and the
-    moving field of view.
+    no bias, Gaussian noise at a sixth of the MR level; for ultrasound: none, the simulation has its
+    own speckle, noise and gain). Landmarks lie inside the fixed signal and the moving field of view.
+    An ultrasound moving image is cut to the box around its cone, as scanners store it.
     """
     seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(5)]
     modality = synthesize(image, kind, tissues, seeds[0])
-    if corruption is not None:
+    if corruption is not None and kind != "us":
         if kind == "ct":  # CT has no bias field, and its noise (~5 HU) is small next to bone (~1500 HU)
             noise = tuple(s / 6.0 for s in corruption.noise_sigma)
             corruption = replace(corruption, bias_strength=(0.0, 0.0), noise_sigma=noise, rician=False)
         modality = corrupt(modality, corruption, seeds[1])
-    region = fov_mask(image)
+    region = fov_mask(image) & modality.valid_mask() if kind == "us" else fov_mask(image)
     if fov_fraction < 1.0:
         slab = random_slab(image, fov_fraction, seeds[2])
         modality = apply_slab(modality, slab)
         region &= slab.mask(image.grid)
     truth = random_rigid(image.ndim, angle_deg, translation_mm, image.grid.center_mm(), seeds[3])
     moving = move(modality, truth, moving_spacing_mm)
+    if kind == "us":
+        moving = crop_to_fov(moving)
     # Two voxels of margin keep landmarks clear of the FOV edge, where interpolation mixes in zeros.
     region = erode(torch.from_numpy(region), 2).numpy()
     landmarks = sample_landmarks(image, n_landmarks, seeds[4], mask=region)

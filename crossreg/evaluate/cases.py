@@ -1,0 +1,240 @@
+"""Benchmark cases: synthetic cross-modal pairs made from the shipped MRI, and real pairs from folders.
+
+A case is a fixed image, a moving image and corresponding landmarks in both (world mm, LPS). The
+target registration error of a transform ``T`` (fixed -> moving) is ``|T(p_fixed) - p_moving|`` per
+landmark pair, so synthetic cases (exact truth) and real ones (annotated landmarks) are scored alike.
+
+Folder layout read by :func:`folder_cases` (one folder per case; what
+``crossreg.synth.pairs.write_pair`` writes)::
+
+    root/
+      case-01/
+        fixed.nii.gz        any format crossreg.imageio.load reads (a DICOM folder named ``fixed`` too)
+        moving.nrrd
+        landmarks.csv       fixed_x,fixed_y,fixed_z,moving_x,moving_y,moving_z  (world mm, LPS)
+      case-02/
+        fixed.mha
+        moving.mha
+        landmarks_fixed.mrk.json, landmarks_moving.mrk.json   (3D Slicer markups, paired in order)
+
+2D cases have no ``*_z`` columns. Other columns of landmarks.csv (``id``, ``label``) are ignored.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from crossreg import datasets
+from crossreg.errors import CrossregError
+from crossreg.image import Grid, Image
+from crossreg.imageio import load
+from crossreg.markups import read_markups_json, read_matches_csv
+from crossreg.synth.cases import Case, make_case
+from crossreg.synth.geometry import extract_slice
+from crossreg.transform import AffineTransform
+
+#: Landmarks further than this (in voxels) outside their image cannot have been annotated on it:
+#: usually RAS coordinates given as LPS, or fixed and moving columns swapped.
+LANDMARK_MARGIN_VOX = 2.0
+
+
+@dataclass(frozen=True, eq=False)
+class BenchCase:
+    """One registration problem of a benchmark.
+
+    true_transform: fixed world mm -> moving world mm, or None for real data (landmarks only).
+    landmarks_fixed_mm, landmarks_moving_mm: ``(N, d)`` corresponding world points, LPS.
+    """
+
+    name: str
+    kind: str
+    fixed: Image
+    moving: Image
+    true_transform: AffineTransform | None
+    landmarks_fixed_mm: np.ndarray
+    landmarks_moving_mm: np.ndarray
+
+    def __post_init__(self) -> None:
+        pf, pm = self.landmarks_fixed_mm, self.landmarks_moving_mm
+        d = self.fixed.ndim
+        if pf.ndim != 2 or pf.shape != pm.shape or pf.shape[1] != d or len(pf) == 0:
+            raise CrossregError(
+                f"case {self.name}: landmarks must be two (N, {d}) arrays with N >= 1; "
+                f"got {pf.shape} fixed and {pm.shape} moving"
+            )
+
+    @property
+    def ndim(self) -> int:
+        return self.fixed.ndim
+
+
+# ---------------------------------------------------------------- synthetic cases
+
+
+def _sources(ndim: int) -> list[tuple[Image, dict[str, Image]]]:
+    """Every shipped real image of dimension ``ndim`` with its tissue maps."""
+    t1, tissues = datasets.mni152_t1(2), datasets.mni152_tissues(2)
+    if ndim == 3:
+        return [(t1, tissues)]
+    if ndim != 2:
+        raise ValueError(f"synthetic_cases: ndim must be 2 or 3, got {ndim}")
+    axes = ("axial", "coronal", "sagittal")
+    return [(extract_slice(t1, a), {k: extract_slice(v, a) for k, v in tissues.items()}) for a in axes]
+
+
+def synthetic_cases(
+    kinds: Sequence[str] = ("t2", "ct", "random"),
+    n_per_kind: int = 10,
+    seed: int = 0,
+    ndim: int = 3,
+    angle_deg: float = 15.0,
+    translation_mm: float = 15.0,
+    fov_range: tuple[float, float] = (0.3, 0.8),
+    max_anisotropy: float = 2.0,
+) -> list[BenchCase]:
+    """``n_per_kind`` cases per kind from the shipped MNI152 T1 (2 mm; its three middle slices in 2D).
+
+    Each kind is a :func:`crossreg.synth.cases.make_case` kind (``t2``, ``ct``, ``random``, ``same``,
+    and any kind added there). Every case rotates by exactly ``angle_deg`` and shifts by exactly
+    ``translation_mm``; its moving image keeps a random slab with a fraction of the signal drawn from
+    ``fov_range`` and has one random axis coarsened by a factor drawn from ``[1, max_anisotropy]``.
+    Case ``i`` of a kind depends only on ``(seed, kind, ndim, i)``: adding kinds changes no other case.
+    """
+    sources = _sources(ndim)
+    cases = []
+    for kind in kinds:
+        for i in range(n_per_kind):
+            entropy = [seed, zlib.crc32(kind.encode()), ndim, i]
+            rng = np.random.default_rng(np.random.SeedSequence(entropy))
+            image, tissues = sources[i % len(sources)]
+            spacing = np.array(image.spacing_mm)
+            spacing[rng.integers(ndim)] *= rng.uniform(1.0, max_anisotropy)
+            case = make_case(
+                image,
+                kind,
+                angle_deg,
+                translation_mm,
+                fov_fraction=round(float(rng.uniform(*fov_range)), 2),
+                moving_spacing_mm=tuple(float(s) for s in np.round(spacing, 2)),
+                tissues=tissues,
+                seed=int(rng.integers(2**31)),
+            )
+            cases.append(_from_synthetic(case, f"{ndim}d-{i:02d}-{case.name}"))
+    return cases
+
+
+def _from_synthetic(case: Case, name: str) -> BenchCase:
+    moving = crop_to_mask(case.moving)
+    pf, pm = case.landmarks_fixed_mm, case.landmarks_moving_mm
+    return BenchCase(name, case.kind, case.fixed, moving, case.true_transform, pf, pm)
+
+
+def crop_to_mask(image: Image) -> Image:
+    """``image`` on the smallest sub-grid holding its mask: a partial field of view is acquired on a
+    grid that covers only it, so the grid centre tells nothing about where the anatomy is."""
+    if image.mask is None or not image.mask.any():
+        return image
+    idx = np.argwhere(image.mask)
+    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    origin = image.grid.index_to_world(lo[None, ::-1].astype(float))[0]
+    grid = Grid(
+        tuple(int(n) for n in hi - lo), image.spacing_mm, tuple(float(o) for o in origin), image.direction
+    )
+    return Image(image.array[box].copy(), grid, image.mask[box].copy(), image.source)
+
+
+# ---------------------------------------------------------------- real cases from folders
+
+
+def folder_cases(root: str | Path, kind: str | None = None) -> list[BenchCase]:
+    """The cases in ``root``, one per sub-folder (or ``root`` itself if it is a case folder).
+
+    Layout in the module docstring. ``kind`` (the name of ``root`` if None) groups the cases in the
+    report, e.g. ``RESECT``. Raises CrossregError naming the folder and what is wrong with it.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise CrossregError(
+            f"{root}: not a folder; expected a folder of case folders (fixed, moving, landmarks)"
+        )
+    kind = kind or root.resolve().name
+    if _image_path(root, "fixed", required=False) is not None:
+        return [read_case_folder(root, kind)]
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise CrossregError(
+            f"{root}: no case folders; each case needs a folder with fixed.*, moving.*, landmarks.csv"
+        )
+    return [read_case_folder(folder, kind) for folder in folders]
+
+
+def read_case_folder(folder: Path, kind: str) -> BenchCase:
+    """One case from a folder holding ``fixed.*``, ``moving.*`` and landmarks (module docstring)."""
+    fixed = load(_image_path(folder, "fixed"))
+    moving = load(_image_path(folder, "moving"))
+    if fixed.ndim != moving.ndim:
+        raise CrossregError(f"{folder}: fixed image is {fixed.ndim}D but moving image is {moving.ndim}D")
+    pf, pm = _read_landmarks(folder, fixed.ndim)
+    for side, image, pts in (("fixed", fixed, pf), ("moving", moving, pm)):
+        outside = ~image.grid.contains(pts, margin_vox=LANDMARK_MARGIN_VOX)
+        if outside.any():
+            raise CrossregError(
+                f"{folder}: {outside.sum()} of {len(pts)} {side} landmarks lie outside the {side} image "
+                f"(first: {np.round(pts[outside][0], 1).tolist()} mm); landmarks must be world mm in LPS "
+                "(negate x and y of RAS coordinates)"
+            )
+    return BenchCase(folder.name, kind, fixed, moving, None, pf, pm)
+
+
+def _image_path(folder: Path, stem: str, required: bool = True) -> Path | None:
+    """The one entry of ``folder`` named ``stem`` or ``stem.<extension>``."""
+    found = sorted(p for p in folder.iterdir() if p.name == stem or p.name.startswith(f"{stem}."))
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise CrossregError(f"{folder}: {len(found)} candidate {stem} images ({names}); keep one")
+    if not found and required:
+        raise CrossregError(f"{folder}: no {stem} image; expected a file {stem}.<ext> (e.g. {stem}.nii.gz)")
+    return found[0] if found else None
+
+
+def _read_landmarks(folder: Path, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Paired landmarks ``(N, ndim)`` fixed and moving, from landmarks.csv or a pair of .mrk.json files."""
+    csv_path = folder / "landmarks.csv"
+    mrk = [folder / f"landmarks_{side}.mrk.json" for side in ("fixed", "moving")]
+    has_mrk = [p.is_file() for p in mrk]
+    if csv_path.is_file() and any(has_mrk):
+        raise CrossregError(f"{folder}: both landmarks.csv and landmarks_*.mrk.json; keep one of them")
+    if csv_path.is_file():
+        pf, pm, _ = read_matches_csv(csv_path)
+        source = csv_path.name
+    elif all(has_mrk):
+        (pf, _), (pm, _) = (read_markups_json(p) for p in mrk)
+        if len(pf) != len(pm):
+            raise CrossregError(
+                f"{folder}: {len(pf)} fixed but {len(pm)} moving landmarks; they pair in order"
+            )
+        pf, pm = _planar(folder, pf, ndim), _planar(folder, pm, ndim)
+        source = "landmarks_*.mrk.json"
+    else:
+        raise CrossregError(
+            f"{folder}: no landmarks; expected landmarks.csv (columns fixed_x,fixed_y,fixed_z,"
+            "moving_x,moving_y,moving_z) or landmarks_fixed.mrk.json + landmarks_moving.mrk.json"
+        )
+    if pf.shape[1] != ndim:
+        raise CrossregError(f"{folder}/{source}: {pf.shape[1]}D landmarks for {ndim}D images")
+    return pf, pm
+
+
+def _planar(folder: Path, points_mm: np.ndarray, ndim: int) -> np.ndarray:
+    """Markup points ``(N, 3)`` as ``(N, ndim)``: 2D images take x, y (z must be 0)."""
+    if ndim == 3:
+        return points_mm
+    if np.any(points_mm[:, 2] != 0):
+        raise CrossregError(f"{folder}: markups for 2D images must have z = 0")
+    return points_mm[:, :2]
