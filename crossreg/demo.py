@@ -8,24 +8,17 @@ from pathlib import Path
 
 from rich.table import Table
 
-from crossreg import datasets, markups
+from crossreg import datasets
 from crossreg.evaluate.metrics import TreSummary, summarize_tre, tre_mm
-from crossreg.imageio import save
 from crossreg.outputs import check_outputs
 from crossreg.register import RegisterConfig, register
 from crossreg.result import Result
 from crossreg.synth.cases import Case, make_case
+from crossreg.synth.pairs import PAIR_FILES, write_pair
 from crossreg.transform import AffineTransform
 
 #: The demo case: T2-like contrast, 60% of the head in view, 2 x 2 x 4 mm voxels, 15 deg / 15 mm.
 DEMO_CASE = {"kind": "t2", "angle_deg": 15.0, "translation_mm": 15.0, "fov_fraction": 0.6}
-INPUTS = (
-    "fixed.nii.gz",
-    "moving.nii.gz",
-    "true_transform.tfm",
-    "landmarks_fixed.mrk.json",
-    "landmarks_moving.mrk.json",
-)
 OUTPUTS = ("transform.tfm", "resampled.nii.gz", "qa.png", "matches.csv")
 
 
@@ -59,24 +52,14 @@ def run_demo(
     """Build the demo case, register it, write inputs and outputs under ``out``, score every stage."""
     out = Path(out)
     check_outputs(
-        [out / name for name in (*INPUTS, *OUTPUTS, *Result.companion_paths(out / "matches.csv"))], force
+        [out / name for name in (*PAIR_FILES, *OUTPUTS, *Result.companion_paths(out / "matches.csv"))], force
     )
     stage = on_stage or (lambda name: None)
     stage("building a T2-like, partial-FOV, anisotropic moving image from the MNI152 T1")
     case = demo_case(seed)
-    save(case.fixed, out / "fixed.nii.gz")
-    save(case.moving, out / "moving.nii.gz")
-    case.true_transform.save(out / "true_transform.tfm")
-    labels = [f"L{i}" for i in range(len(case.landmarks_fixed_mm))]
-    markups.write_markups_json(
-        out / "landmarks_fixed.mrk.json", case.landmarks_fixed_mm, labels, "true landmarks"
-    )
-    markups.write_markups_json(
-        out / "landmarks_moving.mrk.json", case.landmarks_moving_mm, labels, "true landmarks"
-    )
+    files = list(write_pair(case, out, force).values())
     result = register(case.fixed, case.moving, RegisterConfig(seed=seed), on_stage=stage)
     stage("writing outputs")
-    files = [out / n for n in INPUTS]
     files += result.save(out / "transform.tfm", out / "resampled.nii.gz", out / "qa.png", out / "matches.csv")
     return DemoReport(_score(case, result), result, files)
 

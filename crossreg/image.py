@@ -204,3 +204,22 @@ def fov_mask(image: Image, threshold: float = 0.02, smooth_mm: float = 2.0) -> n
     valid = image.valid_mask()
     ref = np.percentile(smooth[valid], 99) if valid.any() else 0.0
     return valid & (smooth > threshold * ref)
+
+
+def crop_to_mask(image: Image, margin_vox: int = 0) -> Image:
+    """``image`` on the smallest sub-grid holding its mask plus ``margin_vox``, in the same world place.
+
+    A partial field of view (an ultrasound cone, a slab) is acquired on a grid that covers only it, so
+    the grid centre tells nothing about where the anatomy is. Images without a mask come back as they are.
+    """
+    found = np.argwhere(image.valid_mask()) if image.mask is not None else np.empty((0, image.ndim))
+    if found.size == 0:
+        return image
+    lo = np.maximum(found.min(axis=0) - margin_vox, 0)
+    hi = np.minimum(found.max(axis=0) + margin_vox + 1, image.array.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    origin = image.grid.index_to_world(lo[::-1][None].astype(float))[0]
+    grid = Grid(
+        tuple(int(n) for n in hi - lo), image.spacing_mm, tuple(float(o) for o in origin), image.direction
+    )
+    return Image(image.array[box].copy(), grid, image.mask[box].copy(), image.source)

@@ -81,3 +81,12 @@ def to_working_grid(image: Image, spacing_mm: float) -> Image:
     """
     grid = axis_aligned_grid(image.grid.corners_mm(), spacing_mm)
     return resample(image, grid)
+
+
+def on_grid(image: Image, grid: Grid) -> np.ndarray:
+    """``image``'s array sampled (linearly, zero outside) at the voxel centres of ``grid``; the array
+    itself when the grids agree."""
+    a = image.grid
+    if a.shape == grid.shape and np.allclose(a.index_to_world_matrix(), grid.index_to_world_matrix()):
+        return image.array
+    return resample(image, grid).array

@@ -25,6 +25,7 @@ from crossreg.imageio import save
 from crossreg.markups import write_markups_json
 from crossreg.synth.cases import make_case
 from crossreg.synth.geometry import extract_slice
+from crossreg.synth.pairs import write_pair
 from crossreg.transform import AffineTransform
 
 
@@ -231,6 +232,19 @@ def test_folder_cases_read_the_documented_layout(tmp_path, pair3d):
     assert folder_cases(tmp_path / "RESECT" / "case1", kind="x")[0].kind == "x"  # a case folder itself
 
 
+def test_a_synth_pair_folder_is_a_case_with_its_truth(tmp_path, pair3d):
+    write_pair(pair3d, tmp_path / "pair")
+    (case,) = folder_cases(tmp_path / "pair", kind="ct")
+    np.testing.assert_allclose(case.true_transform.matrix, pair3d.true_transform.matrix, atol=1e-9)
+    np.testing.assert_allclose(case.landmarks_moving_mm, pair3d.landmarks_moving_mm)
+    truth = score(case, "truth", MethodOutput(pair3d.true_transform, 0.0, pair3d_matches(pair3d)))
+    assert truth.tre_mm < 1e-6 and truth.precision == 1.0
+
+
+def pair3d_matches(pair):
+    return pair.landmarks_fixed_mm, pair.landmarks_moving_mm
+
+
 @pytest.mark.parametrize(
     "breakage, message",
     [
@@ -245,10 +259,6 @@ def test_folder_cases_read_the_documented_layout(tmp_path, pair3d):
         (
             lambda d: (d / "landmarks.csv").write_text(f"{HEADER}\n0,0,0,900,0,0\n"),
             "outside the moving image",
-        ),
-        (
-            lambda d: write_markups_json(d / "landmarks_fixed.mrk.json", np.zeros((1, 3)), ["a"], "f"),
-            "keep one",
         ),
     ],
 )

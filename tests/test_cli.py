@@ -93,3 +93,65 @@ def test_help_explains_direction():
     result = run("register", "--help")
     assert result.exit_code == 0
     assert "fixed->moving transform" in " ".join(result.output.split())
+
+
+@pytest.fixture()
+def slice_file(tmp_path):
+    from crossreg import datasets
+
+    path = tmp_path / "axial.nii.gz"
+    save(datasets.mni152_slice(1, "axial", 88), path)
+    return path
+
+
+def test_synth_pair_then_register_recovers_the_truth(slice_file, tmp_path):
+    import SimpleITK as sitk
+
+    pair = tmp_path / "pair"
+    made = run(
+        "synth", "pair", str(slice_file), "--kind", "t2", "--out", str(pair), "--seed", "3", "--fov", "0.7"
+    )
+    assert made.exit_code == 0, made.output
+    out = tmp_path / "T.tfm"
+    args = ("register", str(pair / "fixed.nii.gz"), str(pair / "moving.nii.gz"), "--out", str(out))
+    done = run(*args, "--matches", str(tmp_path / "m.csv"))
+    assert done.exit_code == 0, done.output
+    found, truth = sitk.ReadTransform(str(out)), sitk.ReadTransform(str(pair / "true_transform.tfm"))
+    landmarks = np.loadtxt(pair / "landmarks.csv", delimiter=",", skiprows=1, usecols=(1, 2))
+    errors = [
+        np.linalg.norm(np.subtract(found.TransformPoint(p), truth.TransformPoint(p))) for p in landmarks
+    ]
+    assert np.mean(errors) < 0.5
+    again = run("synth", "pair", str(slice_file), "--kind", "t2", "--out", str(pair))
+    assert again.exit_code == 2 and "--force" in one_error_line(again)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (("--kind", "mri"), "--kind mri"),
+        (("--fov", "1.5"), "--fov"),
+        (("--gm", "x.nii.gz"), "--gm and --wm"),
+        (("--spacing", "1,2,3"), "--spacing"),
+    ],
+)
+def test_synth_pair_bad_options(slice_file, tmp_path, args, words):
+    result = run("synth", "pair", str(slice_file), "--out", str(tmp_path / "p"), *args)
+    assert result.exit_code == 2 and words in one_error_line(result)
+    assert not (tmp_path / "p").exists()
+
+
+def test_bench_runs_methods_side_by_side(tmp_path):
+    import json
+
+    out = tmp_path / "bench"
+    args = ("bench", "--out", str(out), "--kinds", "t2", "--n-per-kind", "1", "--ndim", "2")
+    result = run(*args, "--methods", "identity,crossreg,simpleitk-mi")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "results.json").read_text())
+    by_method = {r["method"]: r for r in saved["results"]}
+    assert set(by_method) == {"identity", "crossreg", "simpleitk-mi"}
+    assert by_method["identity"]["tre_mm"] > 10.0 > 1.0 > by_method["crossreg"]["tre_mm"]
+    assert "| crossreg |" in (out / "results.md").read_text()
+    unknown = run("bench", "--out", str(tmp_path / "b2"), "--methods", "crossreg,magic")
+    assert unknown.exit_code == 2 and "magic" in one_error_line(unknown)

@@ -4,7 +4,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crossreg.errors import InvalidImageError
-from crossreg.image import Grid, axis_aligned_grid, fov_mask, from_array, robust_normalize
+from crossreg.image import (
+    Grid,
+    Image,
+    axis_aligned_grid,
+    crop_to_mask,
+    fov_mask,
+    from_array,
+    robust_normalize,
+)
 from crossreg.transform import rigid_from_params
 
 
@@ -76,3 +84,19 @@ def test_robust_normalize_range(t1_2mm):
     norm = robust_normalize(t1_2mm)
     assert norm.array.min() == 0.0 and norm.array.max() == 1.0
     assert norm.grid is t1_2mm.grid
+
+
+def test_crop_to_mask_keeps_world_positions():
+    grid = oblique_grid()
+    rng = np.random.default_rng(3)
+    array = rng.random(grid.shape).astype(np.float32)
+    mask = np.zeros(grid.shape, bool)
+    mask[2:5, 3:9, 4:10] = True
+    cropped = crop_to_mask(Image(array, grid, mask), margin_vox=1)
+    assert cropped.grid.shape == (5, 8, 8)
+    # The voxel at crop index (i, j, k) is the original voxel at (i+1, j+2, k+3), at the same world point.
+    np.testing.assert_array_equal(cropped.array, array[1:6, 2:10, 3:11])
+    np.testing.assert_allclose(
+        cropped.grid.index_to_world([[0, 0, 0]]), grid.index_to_world([[3, 2, 1]]), atol=1e-9
+    )
+    assert crop_to_mask(Image(array, grid)).grid.shape == grid.shape  # no mask: unchanged

@@ -16,6 +16,8 @@ Folder layout read by :func:`folder_cases` (one folder per case; what
         fixed.mha
         moving.mha
         landmarks_fixed.mrk.json, landmarks_moving.mrk.json   (3D Slicer markups, paired in order)
+        true_transform.tfm  optional: the exact fixed -> moving transform (synthetic pairs), which
+                            lets the benchmark score matching precision too
 
 2D cases have no ``*_z`` columns. Other columns of landmarks.csv (``id``, ``label``) are ignored.
 """
@@ -31,12 +33,12 @@ import numpy as np
 
 from crossreg import datasets
 from crossreg.errors import CrossregError
-from crossreg.image import Grid, Image
+from crossreg.image import Image, crop_to_mask
 from crossreg.imageio import load
 from crossreg.markups import read_markups_json, read_matches_csv
 from crossreg.synth.cases import Case, make_case
 from crossreg.synth.geometry import extract_slice
-from crossreg.transform import AffineTransform
+from crossreg.transform import AffineTransform, read_transform
 
 #: Landmarks further than this (in voxels) outside their image cannot have been annotated on it:
 #: usually RAS coordinates given as LPS, or fixed and moving columns swapped.
@@ -134,21 +136,6 @@ def _from_synthetic(case: Case, name: str) -> BenchCase:
     return BenchCase(name, case.kind, case.fixed, moving, case.true_transform, pf, pm)
 
 
-def crop_to_mask(image: Image) -> Image:
-    """``image`` on the smallest sub-grid holding its mask: a partial field of view is acquired on a
-    grid that covers only it, so the grid centre tells nothing about where the anatomy is."""
-    if image.mask is None or not image.mask.any():
-        return image
-    idx = np.argwhere(image.mask)
-    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    origin = image.grid.index_to_world(lo[None, ::-1].astype(float))[0]
-    grid = Grid(
-        tuple(int(n) for n in hi - lo), image.spacing_mm, tuple(float(o) for o in origin), image.direction
-    )
-    return Image(image.array[box].copy(), grid, image.mask[box].copy(), image.source)
-
-
 # ---------------------------------------------------------------- real cases from folders
 
 
@@ -189,7 +176,9 @@ def read_case_folder(folder: Path, kind: str) -> BenchCase:
                 f"(first: {np.round(pts[outside][0], 1).tolist()} mm); landmarks must be world mm in LPS "
                 "(negate x and y of RAS coordinates)"
             )
-    return BenchCase(folder.name, kind, fixed, moving, None, pf, pm)
+    truth_path = folder / "true_transform.tfm"
+    truth = read_transform(truth_path) if truth_path.is_file() else None
+    return BenchCase(folder.name, kind, fixed, moving, truth, pf, pm)
 
 
 def _image_path(folder: Path, stem: str, required: bool = True) -> Path | None:
@@ -204,12 +193,11 @@ def _image_path(folder: Path, stem: str, required: bool = True) -> Path | None:
 
 
 def _read_landmarks(folder: Path, ndim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Paired landmarks ``(N, ndim)`` fixed and moving, from landmarks.csv or a pair of .mrk.json files."""
+    """Paired landmarks ``(N, ndim)`` fixed and moving: landmarks.csv, else the pair of .mrk.json files
+    (``crossreg synth pair`` writes both, with the same points)."""
     csv_path = folder / "landmarks.csv"
     mrk = [folder / f"landmarks_{side}.mrk.json" for side in ("fixed", "moving")]
     has_mrk = [p.is_file() for p in mrk]
-    if csv_path.is_file() and any(has_mrk):
-        raise CrossregError(f"{folder}: both landmarks.csv and landmarks_*.mrk.json; keep one of them")
     if csv_path.is_file():
         pf, pm, _ = read_matches_csv(csv_path)
         source = csv_path.name

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from crossreg.filters import erode
-from crossreg.image import Image, fov_mask
+from crossreg.image import Image, crop_to_mask, fov_mask
 from crossreg.synth.geometry import apply_slab, move, random_rigid, random_slab, sample_landmarks
 from crossreg.synth.modality import CorruptionConfig, corrupt, ct_like, random_lut, t2_like
-from crossreg.synth.ultrasound import crop_to_fov, random_ultrasound
+from crossreg.synth.ultrasound import random_ultrasound
 from crossreg.transform import AffineTransform
 
 CaseKind = Literal["t2", "ct", "random", "same", "us"]
@@ -101,7 +101,7 @@ def make_case(
     truth = random_rigid(image.ndim, angle_deg, translation_mm, image.grid.center_mm(), seeds[3])
     moving = move(modality, truth, moving_spacing_mm)
     if kind == "us":
-        moving = crop_to_fov(moving)
+        moving = crop_to_mask(moving, margin_vox=2)
     # Two voxels of margin keep landmarks clear of the FOV edge, where interpolation mixes in zeros.
     region = erode(torch.from_numpy(region), 2).numpy()
     landmarks = sample_landmarks(image, n_landmarks, seeds[4], mask=region)

@@ -21,7 +21,7 @@ from crossreg.errors import InvalidImageError
 from crossreg.filters import gaussian_blur
 from crossreg.image import Image, fov_mask, robust_normalize
 from crossreg.imageio import to_sitk
-from crossreg.resample import resample
+from crossreg.resample import on_grid
 from crossreg.synth.geometry import pad
 
 Range = tuple[float, float]
@@ -94,13 +94,6 @@ def _class_centres(values: np.ndarray, iters: int = 30) -> np.ndarray:
     return np.sort(c)
 
 
-def _on_grid(image: Image, like: Image) -> np.ndarray:
-    """``image``'s array sampled on ``like``'s grid (the array itself when the grids agree)."""
-    a, b = image.grid, like.grid
-    same = a.shape == b.shape and np.allclose(a.index_to_world_matrix(), b.index_to_world_matrix())
-    return image.array if same else resample(image, b).array
-
-
 def _soften(mask: np.ndarray) -> np.ndarray:
     """``mask`` as float32 averaged over 3-voxel boxes: a partial-volume edge instead of a step."""
     pool = F.avg_pool3d if mask.ndim == 3 else F.avg_pool2d
@@ -120,7 +113,7 @@ def tissue_fractions(
     head = fov_mask(t1) if head is None else head
     soft = _soften(head)
     if tissues is not None:
-        gm, wm = (np.clip(_on_grid(tissues[k], t1), 0.0, None) for k in ("gm", "wm"))
+        gm, wm = (np.clip(on_grid(tissues[k], t1.grid), 0.0, None) for k in ("gm", "wm"))
         if max(gm.max(), wm.max()) > 1.001:
             raise InvalidImageError("tissue maps must be probabilities in [0, 1]; divide 0-255 maps by 255")
         return {"csf": np.clip(soft - gm - wm, 0.0, 1.0), "gm": gm * soft, "wm": wm * soft}

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from crossreg.filters import gaussian_blur, gaussian_kernel
 from crossreg.image import Grid, Image
+from crossreg.resample import on_grid
 from crossreg.synth.beam import Beam, Probe, grid_points_mm, make_beam, probe_pose_on_surface
 from crossreg.synth.modality import tissue_fractions
 
@@ -94,7 +95,7 @@ def tissue_volumes(mri: Image, tissues: dict[str, Image] | None = None) -> dict[
     frac = {k: torch.from_numpy(v).float() for k, v in tissue_fractions(mri, maps).items()}
     lesion = torch.zeros_like(frac["gm"])
     if tissues is not None and "lesion" in tissues:
-        lesion = torch.from_numpy(np.clip(_on_grid(tissues["lesion"], mri.grid), 0.0, 1.0)).float()
+        lesion = torch.from_numpy(np.clip(on_grid(tissues["lesion"], mri.grid), 0.0, 1.0)).float()
     return {**{k: v * (1.0 - lesion) for k, v in frac.items()}, "lesion": lesion}
 
 
@@ -147,13 +148,6 @@ def _ridges(gradient: torch.Tensor, grid: Grid) -> torch.Tensor:
     points = grid_points_mm(grid)
     ahead, behind = (sample_world(magnitude[None], grid, points + s * normal)[0] for s in (1.0, -1.0))
     return magnitude * ((magnitude >= ahead) & (magnitude >= behind))
-
-
-def _on_grid(image: Image, grid: Grid) -> np.ndarray:
-    """``image`` sampled (linearly, zero outside) at the voxel centres of ``grid``."""
-    points = grid_points_mm(grid)
-    volume = torch.from_numpy(np.ascontiguousarray(image.array, np.float32))[None]
-    return sample_world(volume, image.grid, points)[0].numpy()
 
 
 def sample_world(volume: torch.Tensor, grid: Grid, points_mm: torch.Tensor) -> torch.Tensor:
@@ -281,17 +275,3 @@ def random_ultrasound(mri: Image, tissues: dict[str, Image] | None = None, seed:
     apex_mm, direction = probe_pose_on_surface(mri, pose_seed)
     config = UltrasoundConfig.sample(config_seed)
     return simulate_ultrasound(mri, tissues, config, apex_mm, direction, speckle_seed)
-
-
-def crop_to_fov(image: Image, margin_vox: int = 2) -> Image:
-    """``image`` cut to the box around its mask (plus ``margin_vox``), as a scanner stores a cone."""
-    found = np.argwhere(image.valid_mask())
-    if found.size == 0:
-        return image
-    lo = np.maximum(found.min(axis=0) - margin_vox, 0)
-    hi = np.minimum(found.max(axis=0) + margin_vox + 1, image.array.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    origin = image.grid.index_to_world(lo[::-1][None].astype(float))[0]
-    grid = Grid(tuple(int(n) for n in hi - lo), image.spacing_mm, tuple(origin), image.direction)
-    mask = None if image.mask is None else image.mask[box]
-    return Image(image.array[box], grid, mask, image.source)

@@ -1,73 +1,21 @@
-"""The ``crossreg`` command line: register, demo.
-
-Exit codes: 0 success; 1 unexpected internal error; 2 bad input or output (one line on stderr);
-3 registration failed (too few consistent matches); 130 interrupted. No partial output is left behind.
-"""
+"""``crossreg register`` and ``crossreg demo``."""
 
 from __future__ import annotations
 
-import functools
-import logging
-import os
-import sys
-from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from crossreg.errors import CrossregError
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="Cross-modal registration: find corresponding anatomy and register MRI, ultrasound, CT (2D/3D).",
-)
-err_console = Console(stderr=True)
-console = Console()
-F = TypeVar("F", bound=Callable[..., None])
+from crossreg.cli.app import app
+from crossreg.cli.common import check_device, console, friendly_errors
 
 
 class ModelChoice(str, Enum):
     rigid = "rigid"
     similarity = "similarity"
     affine = "affine"
-
-
-def friendly_errors(command: F) -> F:
-    """Turn library errors into one line on stderr and an exit code (traceback only with CROSSREG_DEBUG=1)."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except CrossregError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-            raise typer.Exit(err.exit_code) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted: no output was written for unfinished steps", highlight=False)
-            raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort):
-            raise
-        except Exception as err:
-            if os.environ.get("CROSSREG_DEBUG"):
-                raise
-            err_console.print(
-                f"[bold red]internal error:[/] {type(err).__name__}: {err} "
-                "(set CROSSREG_DEBUG=1 for a traceback)",
-                highlight=False,
-                soft_wrap=True,
-            )
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-@app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log diagnostics.")] = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
 
 
 @app.command()
@@ -110,7 +58,7 @@ def register(
 
     planned = [out, resampled, qa, matches, *(Result.companion_paths(matches) if matches else [])]
     check_outputs(planned, force)
-    _check_device(device)
+    check_device(device)
     fixed_img, moving_img = load(fixed), load(moving)
     config = RegisterConfig(model=model.value, device=device, seed=seed)
     if not refine:
@@ -138,23 +86,3 @@ def demo(
     with console.status("demo") as status:
         report = run_demo(out, seed=seed, force=force, on_stage=lambda s: status.update(s))
     console.print(report.table())
-
-
-def _check_device(device: str) -> None:
-    import torch
-
-    from crossreg.errors import CrossregError
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CrossregError("--device cuda asked for, but torch sees no CUDA GPU here; use --device cpu")
-    if not device.startswith(("cpu", "cuda")):
-        raise CrossregError(f"--device {device}: expected cpu or cuda")
-
-
-def main() -> None:
-    """Entry point of the ``crossreg`` script."""
-    app(prog_name="crossreg")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

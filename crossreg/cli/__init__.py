@@ -1,0 +1,16 @@
+"""The ``crossreg`` command line: register, demo, synth, bench.
+
+Exit codes: 0 success; 1 unexpected internal error; 2 bad input or output (one line on stderr);
+3 registration failed (too few consistent matches); 130 interrupted. No partial output is left behind.
+"""
+
+from crossreg.cli import bench, register, synth  # noqa: F401  (each module adds its commands to app)
+from crossreg.cli.app import app
+
+
+def main() -> None:
+    """Entry point of the ``crossreg`` script."""
+    app(prog_name="crossreg")
+
+
+__all__ = ["app", "main"]

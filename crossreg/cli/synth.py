@@ -1,0 +1,128 @@
+"""``crossreg synth``: synthetic cross-modal pairs with exact ground truth, the docs panel, throughput."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, get_args
+
+import typer
+
+from crossreg.cli.app import app
+from crossreg.cli.common import console, friendly_errors, parse_floats, parse_list
+from crossreg.errors import CrossregError
+from crossreg.synth.cases import CaseKind
+
+synth_app = typer.Typer(no_args_is_help=True, help="Synthetic cross-modal images with exact ground truth.")
+app.add_typer(synth_app, name="synth")
+KINDS = get_args(CaseKind)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise CrossregError(f"--kind {kind}: choose one of {', '.join(KINDS)}")
+
+
+@synth_app.command()
+@friendly_errors
+def pair(
+    image: Annotated[Path, typer.Argument(help="A T1-weighted MRI (any format crossreg reads), 2D or 3D.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the pair into.")],
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="Moving modality: us (B-mode ultrasound), t2, ct, random (random tissue LUT), same."
+        ),
+    ] = "us",
+    seed: Annotated[int, typer.Option(help="Seed of everything random: pose, motion, modality, noise.")] = 0,
+    angle_deg: Annotated[float, typer.Option(help="Rotation of the true motion (degrees).")] = 15.0,
+    translation_mm: Annotated[float, typer.Option(help="Translation of the true motion (mm).")] = 15.0,
+    fov: Annotated[
+        float, typer.Option(help="Fraction of the signal kept in the moving image (a random slab), 0-1.")
+    ] = 1.0,
+    spacing: Annotated[
+        str | None, typer.Option(help="Moving voxel size in mm, e.g. 2,2,4 (default: the image's).")
+    ] = None,
+    gm: Annotated[
+        Path | None, typer.Option(help="Grey-matter probability map (else from T1 intensity).")
+    ] = None,
+    wm: Annotated[Path | None, typer.Option(help="White-matter probability map (with --gm).")] = None,
+    landmarks: Annotated[int, typer.Option(help="Number of corresponding landmarks to write.")] = 20,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing outputs.")] = False,
+) -> None:
+    """Write fixed.nii.gz (IMAGE), moving.nii.gz (its KIND version under a known rigid motion),
+    true_transform.tfm (fixed -> moving, as registration outputs), landmarks.csv and Slicer markups."""
+    from crossreg.imageio import load
+    from crossreg.outputs import check_outputs
+    from crossreg.synth.cases import make_case
+    from crossreg.synth.pairs import PAIR_FILES, write_pair
+
+    _check_kind(kind)
+    if not 0.05 <= fov <= 1.0:
+        raise CrossregError(f"--fov {fov}: expected a fraction between 0.05 and 1")
+    if (gm is None) != (wm is None):
+        raise CrossregError("--gm and --wm go together: give both tissue maps or neither")
+    check_outputs([out / name for name in PAIR_FILES], force)
+    fixed = load(image)
+    moving_spacing = parse_floats(spacing, "--spacing", (fixed.ndim,)) if spacing else None
+    tissues = {"gm": load(gm), "wm": load(wm)} if gm is not None and wm is not None else None
+    with console.status(f"synthesising a {kind} pair"):
+        case = make_case(
+            fixed,
+            kind,
+            angle_deg,
+            translation_mm,
+            fov,
+            moving_spacing,
+            tissues,
+            n_landmarks=landmarks,
+            seed=seed,
+        )
+        paths = write_pair(case, out, force)
+    console.print(f"wrote {len(paths)} files to {out}/ ({case.name})", highlight=False)
+
+
+@synth_app.command()
+@friendly_errors
+def panel(
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path(
+        "docs/img/synth_us_examples.png"
+    ),
+    seed: Annotated[int, typer.Option(help="Seed of the probe poses and speckle.")] = 0,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Draw the documentation panel: T1 planes beside synthetic ultrasound of the shipped MNI152 brain."""
+    from crossreg.outputs import check_outputs
+    from crossreg.synth.panel import example_panel
+
+    check_outputs([out], force)
+    with console.status("simulating"):
+        example_panel(out, seed)
+    console.print(f"wrote {out}", highlight=False)
+
+
+@synth_app.command()
+@friendly_errors
+def speed(
+    kinds: Annotated[str, typer.Option(help="Comma-separated kinds to time.")] = "us,t2,ct,random",
+    n: Annotated[int, typer.Option(help="Pairs per kind.")] = 10,
+    resolution_mm: Annotated[int, typer.Option(help="Shipped MNI152 T1 at 1 or 2 mm.")] = 2,
+) -> None:
+    """Time pair synthesis (pairs per second, this machine's CPU) on the shipped MNI152 brain."""
+    import torch
+
+    from crossreg import datasets
+    from crossreg.synth.cases import make_case
+
+    chosen = parse_list(kinds, "--kinds", KINDS)
+    t1, tissues = datasets.mni152_t1(resolution_mm), datasets.mni152_tissues(2)
+    console.print(
+        f"MNI152 T1 {resolution_mm} mm, {t1.grid.shape[::-1]} voxels, {torch.get_num_threads()} threads"
+    )
+    for kind in chosen:
+        make_case(t1, kind, tissues=tissues, seed=10**6)  # warm-up: caches, allocator
+        start = time.perf_counter()
+        for seed in range(n):
+            make_case(t1, kind, fov_fraction=0.6, tissues=tissues, seed=seed)
+        seconds = (time.perf_counter() - start) / n
+        console.print(f"{kind:>7}: {1.0 / seconds:6.2f} pairs/s ({seconds:.2f} s per pair)", highlight=False)
