@@ -1,6 +1,7 @@
 """register(fixed, moving) -> Result: the whole pipeline, one function.
 
-working grids -> keypoints -> MIND-SSC descriptors -> mutual-NN matching -> RANSAC -> refinement.
+working grids -> keypoints -> descriptors (MIND-SSC or CrossKEY) -> mutual-NN matching -> RANSAC
+-> refinement.
 """
 
 from __future__ import annotations
@@ -9,18 +10,20 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
 
-from crossreg.errors import DimensionMismatchError, NoOverlapError
+from crossreg.errors import CrossregError, DimensionMismatchError, NoOverlapError
 from crossreg.estimate import RansacConfig, estimate
+from crossreg.features.crosskey import DescriptorNet, describe_crosskey, load_model
 from crossreg.features.mind import MindConfig, dense_mind, describe_mind
-from crossreg.image import Image, fov_mask, robust_normalize
+from crossreg.image import Image
 from crossreg.keypoints import KeypointConfig, Keypoints, detect_keypoints
 from crossreg.matching import MatchConfig, match
 from crossreg.refine import RefineConfig, refine
-from crossreg.resample import resample, to_working_grid
+from crossreg.resample import resample, working_image
 from crossreg.result import Result
 from crossreg.transform import AffineTransform, Model
 
@@ -33,9 +36,15 @@ WORKING_SIZE = {3: 96, 2: 192}
 
 @dataclass(frozen=True)
 class RegisterConfig:
-    """Everything that determines a registration (with the seed)."""
+    """Everything that determines a registration (with the seed).
+
+    features: ``mind`` (MIND-SSC, hand-crafted, any modality pair) or ``crosskey`` (learned descriptors
+    for MRI/ultrasound, from ``weights``: a file of ``crossreg train``, or the shipped general model).
+    """
 
     model: Model = "rigid"
+    features: Literal["mind", "crosskey"] = "mind"
+    weights: str | None = None
     working_spacing_mm: float | None = None
     keypoints: KeypointConfig = field(default_factory=KeypointConfig)
     mind: MindConfig = field(default_factory=MindConfig)
@@ -64,13 +73,28 @@ class _Side:
     descriptors: torch.Tensor
 
 
-def _prepare(image: Image, spacing_mm: float, config: RegisterConfig, seed: int) -> _Side:
-    work = to_working_grid(robust_normalize(image), spacing_mm)
-    work = work.with_array(work.array, work.valid_mask() & fov_mask(work))
+def _prepare(
+    image: Image, spacing_mm: float, config: RegisterConfig, seed: int, net: DescriptorNet | None
+) -> _Side:
+    work = working_image(image, spacing_mm)
     kps = detect_keypoints(work, config.keypoints, seed=seed)
+    if net is not None:
+        return _Side(work, kps, describe_crosskey(net, work, kps.points_mm))
     dense = dense_mind(work, config.mind).to(config.device)
     desc = describe_mind(work, kps.points_mm.to(config.device), config.mind, dense=dense)
     return _Side(work, kps, desc)
+
+
+def _network(config: RegisterConfig, ndim: int) -> DescriptorNet | None:
+    """The descriptor network ``config`` asks for (None for MIND), checked against the images."""
+    if config.features == "mind":
+        return None
+    if config.features != "crosskey":
+        raise CrossregError(f"features={config.features!r}: use 'mind' or 'crosskey'")
+    net, _ = load_model(config.weights, config.device)
+    if net.config.ndim != ndim:
+        raise CrossregError(f"the descriptor model is {net.config.ndim}D but the images are {ndim}D")
+    return net
 
 
 def register(
@@ -97,10 +121,11 @@ def register(
         timings[name] = now - clock
         clock = now
 
+    net = _network(config, fixed.ndim)
     spacing = working_spacing(fixed, moving, config)
-    stage(f"keypoints and descriptors on {spacing:.2g} mm grids")
-    f_side = _prepare(fixed, spacing, config, config.seed)
-    m_side = _prepare(moving, spacing, config, config.seed + 1)
+    stage(f"keypoints and {config.features} descriptors on {spacing:.2g} mm grids")
+    f_side = _prepare(fixed, spacing, config, config.seed, net)
+    m_side = _prepare(moving, spacing, config, config.seed + 1, net)
     lap("features")
     stage(f"matching {len(f_side.keypoints)} x {len(m_side.keypoints)} keypoints")
     matches = match(f_side.descriptors, m_side.descriptors, config.matching)

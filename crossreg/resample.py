@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from crossreg.image import Grid, Image, axis_aligned_grid
+from crossreg.image import Grid, Image, axis_aligned_grid, fov_mask, robust_normalize
 from crossreg.transform import AffineTransform
 
 
@@ -90,3 +90,29 @@ def on_grid(image: Image, grid: Grid) -> np.ndarray:
     if a.shape == grid.shape and np.allclose(a.index_to_world_matrix(), grid.index_to_world_matrix()):
         return image.array
     return resample(image, grid).array
+
+
+def sample_world(volume: torch.Tensor, grid: Grid, points_mm: torch.Tensor) -> torch.Tensor:
+    """``volume`` ``(C, *grid.shape)`` linearly interpolated at world points ``(*P, d)``: ``(C, *P)``,
+    zero outside the grid."""
+    to_index = np.linalg.inv(grid.index_to_world_matrix())
+    scale = 2.0 / np.maximum(grid.size_xyz - 1, 1)
+    m = torch.as_tensor(scale[:, None] * to_index[:-1, :-1], dtype=points_mm.dtype, device=points_mm.device)
+    b = torch.as_tensor(scale * to_index[:-1, -1] - 1.0, dtype=points_mm.dtype, device=points_mm.device)
+    coords = points_mm @ m.T + b
+    flat = coords.reshape(1, -1, *([1] * (grid.ndim - 1)), grid.ndim)
+    out = F.grid_sample(volume[None].to(coords), flat, align_corners=True, padding_mode="zeros")
+    return out.reshape(volume.shape[0], *points_mm.shape[:-1])
+
+
+def working_image(image: Image, spacing_mm: float) -> Image:
+    """``image`` normalised and on the isotropic world-aligned grid features are computed on, its mask
+    the field of view (where there is signal): what both MIND and CrossKEY descriptors read."""
+    work = to_working_grid(robust_normalize(image), spacing_mm)
+    return work.with_array(work.array, work.valid_mask() & fov_mask(work))
+
+
+def grid_coords(grid: Grid, points_mm: np.ndarray) -> np.ndarray:
+    """grid_sample coordinates ``(N, d)`` (x, y, z; -1..1 at the corner voxel centres) of world points."""
+    index_xyz = grid.world_to_index(points_mm)
+    return 2.0 * index_xyz / np.maximum(grid.size_xyz - 1, 1) - 1.0

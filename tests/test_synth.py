@@ -225,3 +225,35 @@ def test_shipped_data(t1, tissues):
         assert m.grid.shape == t1.grid.shape and m.array.min() >= 0.0 and m.array.max() <= 1.0
     with pytest.raises(ImageReadError, match="available"):
         data.mni152_tissues(1)
+
+
+def test_random_affine_is_rigid_times_bounded_strain():
+    from crossreg.synth.geometry import random_affine
+
+    t = random_affine(
+        3, 10.0, 5.0, max_scale=0.1, max_shear=0.05, center_mm=np.array([1.0, 2.0, 3.0]), seed=4
+    )
+    singular = np.linalg.svd(t.matrix, compute_uv=False)
+    assert t.model == "affine" and np.all(singular < 1.2) and np.all(singular > 0.83)
+    assert not np.allclose(singular, 1.0, atol=1e-3)  # really not rigid
+    assert (
+        random_affine(3, 10.0, 5.0, seed=4).matrix.tolist()
+        == random_affine(3, 10.0, 5.0, seed=4).matrix.tolist()
+    )
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_elastic_warp_moves_content_where_apply_says(ndim):
+    from crossreg.synth.elastic import random_elastic
+
+    t1 = data.mni152_t1(2)
+    image = t1 if ndim == 3 else extract_slice(t1, "axial", 45)
+    warp = random_elastic(image, max_displacement_mm=6.0, control_spacing_mm=20.0, seed=1)
+    warped = warp.warp(image)
+    points = sample_landmarks(image, 200, seed=2, mask=fov_mask(image))
+    shift = np.linalg.norm(warp.apply(points) - points, axis=1)
+    assert shift.mean() > 1.0 and shift.max() <= 6.0 + 1e-6
+    # What the warped image shows at p is what the original shows at apply(p), not at p.
+    here = sample_sitk(warped, points)
+    there, unmoved = sample_sitk(image, warp.apply(points)), sample_sitk(image, points)
+    assert np.abs(here - there).mean() < 0.2 * np.abs(here - unmoved).mean()

@@ -33,6 +33,9 @@ def bench(
     methods: Annotated[
         str | None, typer.Option(help="Comma-separated methods (default: all of them; see --list-methods).")
     ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="CrossKEY model for the crosskey methods (default: the shipped one).")
+    ] = None,
     list_methods: Annotated[bool, typer.Option(help="Print the available methods and exit.")] = False,
     device: Annotated[str, typer.Option(help="Torch device for crossreg: cpu or cuda.")] = "cpu",
     seed: Annotated[int, typer.Option(help="Seed of the synthetic cases and of every method.")] = 0,
@@ -49,7 +52,7 @@ def bench(
     from crossreg.evaluate.report import to_markdown
     from crossreg.outputs import check_outputs
 
-    available = default_methods(device)
+    available = default_methods(device, None if weights is None else str(weights))
     if list_methods:
         for m in available:
             console.print(f"{m.name}: {m.missing() or 'available'}", highlight=False)

@@ -12,6 +12,11 @@ from crossreg.cli.app import app
 from crossreg.cli.common import check_device, console, friendly_errors
 
 
+class FeatureChoice(str, Enum):
+    mind = "mind"
+    crosskey = "crosskey"
+
+
 class ModelChoice(str, Enum):
     rigid = "rigid"
     similarity = "similarity"
@@ -42,6 +47,14 @@ def register(
         typer.Option(help="Also write matches as CSV (world mm, LPS) plus Slicer *_fixed/_moving.mrk.json."),
     ] = None,
     model: Annotated[ModelChoice, typer.Option(help="Transform family.")] = ModelChoice.rigid,
+    features: Annotated[
+        FeatureChoice,
+        typer.Option(help="Descriptors: mind (any modality pair) or crosskey (learned, MRI <-> ultrasound)."),
+    ] = FeatureChoice.mind,
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="CrossKEY model file from `crossreg train` (default: the shipped one)."),
+    ] = None,
     refine: Annotated[bool, typer.Option(help="Intensity refinement (MIND-SSD) after RANSAC.")] = True,
     device: Annotated[str, typer.Option(help="Torch device: cpu or cuda.")] = "cpu",
     seed: Annotated[int, typer.Option(help="Seed for keypoint sampling and RANSAC.")] = 0,
@@ -60,7 +73,8 @@ def register(
     check_outputs(planned, force)
     check_device(device)
     fixed_img, moving_img = load(fixed), load(moving)
-    config = RegisterConfig(model=model.value, device=device, seed=seed)
+    weights_path = None if weights is None else str(weights)
+    config = RegisterConfig(model.value, features.value, weights_path, device=device, seed=seed)
     if not refine:
         config = replace(config, refine=None)
     with console.status("registering") as status:

@@ -22,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from crossreg.errors import NoOverlapError, RegistrationFailed
+from crossreg.features.crosskey import default_weights_path
 from crossreg.image import Image, fov_mask
 from crossreg.imageio import to_sitk
 from crossreg.register import RegisterConfig, register
@@ -53,9 +54,13 @@ class Method:
     name: str
     run: MethodFn
     requires: tuple[str, ...] = ()
+    files: tuple[Path, ...] = ()
 
     def missing(self) -> str | None:
-        """Why the method cannot run here ("not installed: ..."), or None if it can."""
+        """Why the method cannot run here ("not installed: ...", "no file ..."), or None if it can."""
+        for path in self.files:
+            if not path.is_file():
+                return f"no file {path} (train it with `crossreg train`)"
         for module in self.requires:
             try:
                 found = importlib.util.find_spec(module) is not None
@@ -77,6 +82,9 @@ def _failure(start: float, err: Exception) -> MethodOutput:
 def crossreg_method(name: str = "crossreg", config: RegisterConfig | None = None) -> Method:
     """crossreg.register with ``config`` (its seed replaced by the case seed); matches are all putative."""
     config = config or RegisterConfig()
+    files = ()
+    if config.features == "crosskey":
+        files = (Path(config.weights) if config.weights else default_weights_path(),)
 
     def run(fixed: Image, moving: Image, seed: int) -> MethodOutput:
         start = time.perf_counter()
@@ -87,7 +95,7 @@ def crossreg_method(name: str = "crossreg", config: RegisterConfig | None = None
         matches = (result.fixed_points_mm, result.moving_points_mm)
         return MethodOutput(result.transform, time.perf_counter() - start, matches)
 
-    return Method(name, run)
+    return Method(name, run, files=files)
 
 
 def identity(fixed: Image, moving: Image, seed: int) -> MethodOutput:
@@ -268,12 +276,16 @@ def _euler_from_elastix(pmap) -> AffineTransform:
 # ---------------------------------------------------------------- the default line-up
 
 
-def default_methods(device: str = "cpu") -> list[Method]:
-    """identity, crossreg (default and without refinement), SimpleITK, ANTsPy and elastix rigid."""
+def default_methods(device: str = "cpu", weights: str | None = None) -> list[Method]:
+    """identity; crossreg with MIND-SSC and with CrossKEY descriptors (``weights``: a model file, None
+    for the shipped one), each with and without refinement; SimpleITK, ANTsPy and elastix rigid."""
+    crosskey = RegisterConfig(features="crosskey", weights=weights, device=device)
     return [
         Method("identity", identity),
         crossreg_method("crossreg", RegisterConfig(device=device)),
         crossreg_method("crossreg-norefine", RegisterConfig(device=device, refine=None)),
+        crossreg_method("crosskey", crosskey),
+        crossreg_method("crosskey-norefine", replace(crosskey, refine=None)),
         Method("simpleitk-mi", sitk_rigid),
         Method("ants-rigid", ants_rigid, ("ants",)),
         Method("elastix-rigid", elastix_rigid, ("itk.ElastixPython",)),

@@ -104,7 +104,8 @@ def synthetic_cases(
     Each kind is a :func:`crossreg.synth.cases.make_case` kind (``t2``, ``ct``, ``random``, ``same``,
     and any kind added there). Every case rotates by exactly ``angle_deg`` and shifts by exactly
     ``translation_mm``; its moving image keeps a random slab with a fraction of the signal drawn from
-    ``fov_range`` and has one random axis coarsened by a factor drawn from ``[1, max_anisotropy]``.
+    ``fov_range`` (ultrasound: the probe's cone instead) and has one random axis coarsened by a factor
+    drawn from ``[1, max_anisotropy]``.
     Case ``i`` of a kind depends only on ``(seed, kind, ndim, i)``: adding kinds changes no other case.
     """
     sources = _sources(ndim)
@@ -114,6 +115,7 @@ def synthetic_cases(
             entropy = [seed, zlib.crc32(kind.encode()), ndim, i]
             rng = np.random.default_rng(np.random.SeedSequence(entropy))
             image, tissues = sources[i % len(sources)]
+            fov = round(float(rng.uniform(*fov_range)), 2)
             spacing = np.array(image.spacing_mm)
             spacing[rng.integers(ndim)] *= rng.uniform(1.0, max_anisotropy)
             case = make_case(
@@ -121,7 +123,7 @@ def synthetic_cases(
                 kind,
                 angle_deg,
                 translation_mm,
-                fov_fraction=round(float(rng.uniform(*fov_range)), 2),
+                fov_fraction=fov if kind != "us" else 1.0,  # the probe's cone is an ultrasound's FOV
                 moving_spacing_mm=tuple(float(s) for s in np.round(spacing, 2)),
                 tissues=tissues,
                 seed=int(rng.integers(2**31)),

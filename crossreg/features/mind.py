@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from crossreg.filters import box_mean, gaussian_blur
 from crossreg.image import Grid, Image
-from crossreg.resample import sampling_theta
+from crossreg.resample import grid_coords, sampling_theta
 
 
 @dataclass(frozen=True)
@@ -152,14 +152,8 @@ def describe_mind(
     offsets = layout_offsets_mm(d, config)
     n, k, c = points_mm.shape[0], offsets.shape[0], dense.shape[0]
     world = (points_mm.detach().cpu().double()[:, None, :] + offsets[None]).reshape(-1, d)
-    coords = _grid_sample_coords(image.grid, world.numpy())
+    coords = grid_coords(image.grid, world.numpy())
     coords = torch.from_numpy(coords).to(dense.device, dense.dtype).view(1, n, k, *[1] * (d - 2), d)
     values = F.grid_sample(dense[None], coords, mode="bilinear", padding_mode="zeros", align_corners=True)
     desc = values.reshape(c, n, k).permute(1, 2, 0).reshape(n, k * c)
     return F.normalize(desc - desc.mean(dim=1, keepdim=True), dim=1).float()
-
-
-def _grid_sample_coords(grid: Grid, points_mm: np.ndarray) -> np.ndarray:
-    """grid_sample coordinates ``(N, d)`` (x, y, z; -1..1 at the corner voxel centres) of world points."""
-    index_xyz = grid.world_to_index(points_mm)
-    return 2.0 * index_xyz / np.maximum(grid.size_xyz - 1, 1) - 1.0

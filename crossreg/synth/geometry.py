@@ -1,5 +1,5 @@
-"""Ground-truth geometry for synthetic cases, in world millimetres (LPS): exact random rigid motions,
-moving an image by a known transform, partial fields of view, re-gridding, slices and landmarks.
+"""Ground-truth geometry for synthetic cases, in world millimetres (LPS): exact random rigid and affine
+motions, moving an image by a known transform, partial fields of view, re-gridding, slices, landmarks.
 
 Motion follows crossreg's convention: a transform ``T`` maps fixed points to moving points, and
 :func:`move` puts the content found at fixed point ``p`` at moving point ``T(p)``.
@@ -17,7 +17,7 @@ from crossreg.errors import InvalidImageError
 from crossreg.filters import erode, gaussian_blur
 from crossreg.image import Grid, Image, fov_mask, from_array
 from crossreg.resample import resample
-from crossreg.transform import AffineTransform
+from crossreg.transform import AffineTransform, compose
 
 Axis = Literal["axial", "coronal", "sagittal"]
 _WORLD_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}  # LPS: x, y, z
@@ -62,6 +62,25 @@ def random_rigid(
     c = np.zeros(ndim) if center_mm is None else np.asarray(center_mm, float)
     t = translation_mm * _unit_vector(rng, ndim)
     return AffineTransform(r, c - r @ c + t, "rigid")
+
+
+def random_affine(
+    ndim: int,
+    angle_deg: float,
+    translation_mm: float,
+    max_scale: float = 0.1,
+    max_shear: float = 0.05,
+    center_mm: np.ndarray | None = None,
+    seed: int = 0,
+) -> AffineTransform:
+    """:func:`random_rigid` composed with a random scaling (each axis by ``1 +- max_scale``) and shear
+    (off-diagonal terms up to ``max_shear``), both about ``center_mm``: head-size and shape changes."""
+    rng = np.random.default_rng(seed)
+    rigid = random_rigid(ndim, angle_deg, translation_mm, center_mm, int(rng.integers(2**31)))
+    strain = np.diag(1.0 + rng.uniform(-max_scale, max_scale, ndim))
+    strain += np.triu(rng.uniform(-max_shear, max_shear, (ndim, ndim)), k=1)
+    c = np.zeros(ndim) if center_mm is None else np.asarray(center_mm, float)
+    return compose(AffineTransform(strain, c - strain @ c, "affine"), rigid)
 
 
 def covering_grid(

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from crossreg.filters import gaussian_blur, gaussian_kernel
 from crossreg.image import Grid, Image
-from crossreg.resample import on_grid
+from crossreg.resample import on_grid, sample_world
 from crossreg.synth.beam import Beam, Probe, grid_points_mm, make_beam, probe_pose_on_surface
 from crossreg.synth.modality import tissue_fractions
 
@@ -148,19 +148,6 @@ def _ridges(gradient: torch.Tensor, grid: Grid) -> torch.Tensor:
     points = grid_points_mm(grid)
     ahead, behind = (sample_world(magnitude[None], grid, points + s * normal)[0] for s in (1.0, -1.0))
     return magnitude * ((magnitude >= ahead) & (magnitude >= behind))
-
-
-def sample_world(volume: torch.Tensor, grid: Grid, points_mm: torch.Tensor) -> torch.Tensor:
-    """``volume`` ``(C, *grid.shape)`` linearly interpolated at world points ``(*P, d)``: ``(C, *P)``,
-    zero outside the grid."""
-    to_index = np.linalg.inv(grid.index_to_world_matrix())
-    scale = 2.0 / np.maximum(grid.size_xyz - 1, 1)
-    m = torch.as_tensor(scale[:, None] * to_index[:-1, :-1], dtype=points_mm.dtype, device=points_mm.device)
-    b = torch.as_tensor(scale * to_index[:-1, -1] - 1.0, dtype=points_mm.dtype, device=points_mm.device)
-    coords = points_mm @ m.T + b
-    flat = coords.reshape(1, -1, *([1] * (grid.ndim - 1)), grid.ndim)
-    out = F.grid_sample(volume[None].to(coords), flat, align_corners=True, padding_mode="zeros")
-    return out.reshape(volume.shape[0], *points_mm.shape[:-1])
 
 
 def _reflectivity(gradient: torch.Tensor, rays: torch.Tensor, power: float) -> torch.Tensor:

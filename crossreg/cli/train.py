@@ -1,0 +1,106 @@
+"""``crossreg train patient|general``: learn CrossKEY descriptors from synthetic ultrasound."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from crossreg.cli.app import app
+from crossreg.cli.common import check_device, console, friendly_errors
+from crossreg.errors import CrossregError
+
+train_app = typer.Typer(no_args_is_help=True, help="Train CrossKEY descriptors (MRI <-> ultrasound).")
+app.add_typer(train_app, name="train")
+
+Steps = Annotated[int | None, typer.Option(help="Optimiser steps (default: the preset's).")]
+Device = Annotated[str, typer.Option(help="cpu or cuda (under torchrun: one GPU per process).")]
+Workers = Annotated[int, typer.Option(help="CPU processes synthesising pairs (0: in the training process).")]
+Seed = Annotated[int, typer.Option(help="Seed of the network, the pairs and the negatives.")]
+Resume = Annotated[bool, typer.Option(help="Continue from OUT.ckpt if it exists.")]
+Force = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing model file.")]
+
+
+def _run(sources, out: Path, config, device: str, resume: bool, force: bool, kind: str) -> None:
+    from crossreg.outputs import check_outputs
+    from crossreg.train.loop import train
+
+    check_device(device)
+    if not resume:
+        check_outputs([out], force)
+    meta = {"kind": kind, "command": "crossreg " + shlex.join(sys.argv[1:]), "commit": _commit()}
+    with console.status(f"training ({config.steps} steps)") as status:
+
+        def show(entry) -> None:
+            status.update(
+                f"step {entry.step}/{config.steps}: loss {entry.loss:.3f}, hardness {entry.hardness:.2f}, "
+                f"max rotation {entry.max_angle_deg:.0f} deg, {entry.seconds:.0f} s"
+            )
+
+        train(sources, out, config, device, resume, meta, show)
+    console.print(f"wrote {out} (log: {out.with_suffix('.log.jsonl')})", highlight=False)
+
+
+def _commit() -> str:
+    """The git commit of the code that trained (``unknown`` outside a checkout)."""
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        )
+    except OSError:
+        return "unknown"
+    return proc.stdout.strip() or "unknown"
+
+
+@train_app.command()
+@friendly_errors
+def patient(
+    mri: Annotated[Path, typer.Argument(help="The patient's T1-weighted MRI (3D).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (.pt).")],
+    gm: Annotated[Path | None, typer.Option(help="Grey-matter probability map (optional).")] = None,
+    wm: Annotated[Path | None, typer.Option(help="White-matter probability map (with --gm).")] = None,
+    steps: Steps = None,
+    device: Device = "cpu",
+    workers: Workers = 0,
+    seed: Seed = 0,
+    resume: Resume = False,
+    force: Force = False,
+) -> None:
+    """Train on synthetic ultrasound of one patient's MRI (random probe poses, artefacts, rotations)."""
+    from crossreg.imageio import load
+    from crossreg.train.presets import patient_config, patient_sources
+
+    if (gm is None) != (wm is None):
+        raise CrossregError("--gm and --wm go together: give both tissue maps or neither")
+    image = load(mri)
+    if image.ndim != 3:
+        raise CrossregError(f"{mri}: a {image.ndim}D image; patient training needs a 3D MRI")
+    tissues = {"gm": load(gm), "wm": load(wm)} if gm is not None and wm is not None else None
+    config = (
+        patient_config(seed=seed, workers=workers) if steps is None else patient_config(steps, seed, workers)
+    )
+    _run(patient_sources(image, tissues), out, config, device, resume, force, "patient-specific")
+
+
+@train_app.command()
+@friendly_errors
+def general(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (.pt).")],
+    steps: Steps = None,
+    device: Device = "cpu",
+    workers: Workers = 0,
+    seed: Seed = 0,
+    resume: Resume = False,
+    force: Force = False,
+) -> None:
+    """Train on every real MRI shipped (MNI152), warped into new anatomies, with random MR contrasts."""
+    from crossreg.train.presets import general_config, general_sources
+
+    config = (
+        general_config(seed=seed, workers=workers) if steps is None else general_config(steps, seed, workers)
+    )
+    _run(general_sources(), out, config, device, resume, force, "general")

@@ -1,0 +1,152 @@
+"""CrossKEY descriptors: a small dimension-generic CNN, run densely on a working grid, read at keypoints.
+
+The published CrossKEY describes 32^3 patches with a 3D ResNet. Here one fully convolutional encoder
+runs once over the whole working image (2 channels: normalised intensity and field-of-view mask), and
+a keypoint's descriptor is read from every level of the encoder at its world position (trilinear, a
+"hypercolumn": fine levels for precise location, coarse levels for context), then mapped by a small
+MLP to an L2-normalised vector. Every keypoint then costs a lookup instead of a patch forward pass,
+which is what makes the network fast enough for a CPU. Rotation invariance is learned (training rotates
+the moving image; see crossreg.train).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crossreg.errors import CrossregError
+from crossreg.image import Image
+from crossreg.outputs import atomic_write
+from crossreg.resample import grid_coords
+
+#: The general model shipped with the package (trained by ``crossreg train general``).
+DEFAULT_WEIGHTS = "crosskey_general_v1.pt"
+FORMAT_VERSION = 1
+
+
+class ModelLoadError(CrossregError):
+    """A weights file is missing, unreadable, or not a crossreg descriptor model."""
+
+
+@dataclass(frozen=True)
+class CrossKeyConfig:
+    """Architecture: ``channels`` per encoder level (each level halves the resolution after the
+    first), descriptor size ``out_dim``; ``ndim`` 2 or 3."""
+
+    ndim: int = 3
+    channels: tuple[int, ...] = (16, 32, 48, 64)
+    out_dim: int = 64
+    hidden: int = 128
+
+    def __post_init__(self) -> None:
+        if self.ndim not in (2, 3) or not self.channels or self.out_dim < 1:
+            raise ValueError(f"invalid CrossKeyConfig {self}")
+
+
+def _block(ndim: int, c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    conv = nn.Conv3d if ndim == 3 else nn.Conv2d
+    norm = nn.InstanceNorm3d if ndim == 3 else nn.InstanceNorm2d
+    return nn.Sequential(
+        conv(c_in, c_out, 3, stride=stride, padding=1),
+        norm(c_out, affine=True),
+        nn.LeakyReLU(0.1),
+        conv(c_out, c_out, 3, padding=1),
+        norm(c_out, affine=True),
+        nn.LeakyReLU(0.1),
+    )
+
+
+class DescriptorNet(nn.Module):
+    """Encoder ``(1, 2, *S) -> [(1, c_l, *S / 2^l)]``, hypercolumn head ``(N, sum c_l) -> (N, out_dim)``."""
+
+    def __init__(self, config: CrossKeyConfig = CrossKeyConfig()) -> None:
+        super().__init__()
+        self.config = config
+        c = config.channels
+        self.levels = nn.ModuleList(
+            _block(config.ndim, 2 if i == 0 else c[i - 1], c[i], 1 if i == 0 else 2) for i in range(len(c))
+        )
+        self.head = nn.Sequential(
+            nn.Linear(sum(c), config.hidden), nn.LeakyReLU(0.1), nn.Linear(config.hidden, config.out_dim)
+        )
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every encoder level's output for input ``x`` ``(B, 2, *S)``."""
+        maps = []
+        for level in self.levels:
+            x = level(x)
+            maps.append(x)
+        return maps
+
+    def describe(self, maps: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
+        """Unit descriptors ``(N, out_dim)`` at grid_sample coordinates ``coords`` ``(N, d)`` (x, y, z
+        order, -1..1 at the corner voxel centres) of batch item 0."""
+        d = coords.shape[-1]
+        where = coords.reshape(1, -1, *[1] * (d - 1), d).to(maps[0].dtype)
+        columns = [
+            F.grid_sample(m[:1], where, mode="bilinear", padding_mode="border", align_corners=True)
+            .reshape(m.shape[1], -1)
+            .T
+            for m in maps
+        ]
+        return F.normalize(self.head(torch.cat(columns, dim=1)), dim=1)
+
+
+def network_input(work: Image) -> torch.Tensor:
+    """``(1, 2, *work.shape)``: intensity (0 outside the mask) and mask of a working image."""
+    mask = work.valid_mask()
+    array = np.where(mask, work.array, 0.0).astype(np.float32)
+    return torch.from_numpy(np.stack([array, mask.astype(np.float32)]))[None]
+
+
+def describe_crosskey(net: DescriptorNet, work: Image, points_mm: torch.Tensor) -> torch.Tensor:
+    """Unit descriptors ``(N, out_dim)`` float32 of world points ``(N, d)`` on a :func:`working_image`,
+    on the network's device."""
+    device = next(net.parameters()).device
+    coords = torch.from_numpy(grid_coords(work.grid, points_mm.detach().cpu().double().numpy()))
+    with torch.no_grad():
+        maps = net.feature_maps(network_input(work).to(device))
+        return net.describe(maps, coords.to(device)).float()
+
+
+# ---------------------------------------------------------------- weights files
+
+
+def save_model(path: str | Path, net: DescriptorNet, meta: dict) -> None:
+    """Write ``net`` (fp16 weights, its config and ``meta``: data, command, metrics) atomically."""
+    state = {k: v.detach().cpu().half() if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    payload = {"format": FORMAT_VERSION, "config": asdict(net.config), "state_dict": state, "meta": meta}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def default_weights_path() -> Path:
+    """The shipped general model's file inside the package."""
+    return Path(str(resources.files("crossreg.features") / "weights" / DEFAULT_WEIGHTS))
+
+
+def load_model(path: str | Path | None = None, device: str = "cpu") -> tuple[DescriptorNet, dict]:
+    """The network in ``path`` (the shipped general model if None), in eval mode on ``device``, and its
+    meta. Raises ModelLoadError for a missing, corrupt or foreign file."""
+    path = Path(path) if path is not None else default_weights_path()
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such weights file (train one with `crossreg train`)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a corrupt or non-torch file
+        raise ModelLoadError(f"{path}: not a readable weights file ({type(err).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+        raise ModelLoadError(f"{path}: not a crossreg descriptor model (format {FORMAT_VERSION} expected)")
+    try:
+        config = CrossKeyConfig(**{**payload["config"], "channels": tuple(payload["config"]["channels"])})
+        net = DescriptorNet(config)
+        net.load_state_dict({k: v.float() for k, v in payload["state_dict"].items()})
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelLoadError(f"{path}: weights do not fit the descriptor network ({first})") from None
+    return net.to(device).eval(), dict(payload.get("meta", {}))

@@ -1,0 +1,143 @@
+"""Training pairs for descriptor learning, made by synthesis: an MRI and a synthetic ultrasound of it
+under a known motion, both on working grids, with corresponding points (matching by synthesis).
+
+Points are where the keypoint detector fires on the synthetic ultrasound (drawn in proportion to
+saliency, so repeated draws cover the modality-consistent locations) plus uniformly drawn points in
+the cone, mapped to the MRI by the exact transform. Everything is seeded by the pair's index, so a
+pair is the same whichever worker, process or run makes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from crossreg.errors import CrossregError
+from crossreg.features.crosskey import network_input
+from crossreg.image import Image
+from crossreg.keypoints import KeypointConfig, detect_keypoints
+from crossreg.resample import grid_coords, working_image
+from crossreg.synth.cases import make_case
+from crossreg.synth.elastic import random_elastic
+from crossreg.synth.modality import random_lut, t2_like
+
+MAX_ATTEMPTS = 10
+#: A training source: a real MRI (T1) and its grey/white matter maps (or None: classes from intensity).
+Source = tuple[Image, dict[str, Image] | None]
+
+
+@dataclass(frozen=True)
+class PairConfig:
+    """How training pairs are drawn.
+
+    working_spacing_mm: the grid descriptors are learned on (registration's working grid for a brain,
+    see crossreg.register.working_spacing). max_angle_deg: rotation between MRI and ultrasound at the
+    end of the curriculum (it grows from ``start_angle_deg`` over ``curriculum_pairs`` pairs).
+    fixed_contrasts: what the MRI side shows, drawn uniformly (``t1``, ``t2`` T2-like, ``random`` LUT).
+    elastic_mm: largest displacement of a random warp of the source (new anatomies); 0 for none.
+    n_keypoints, n_uniform: points per pair from the detector and drawn uniformly in the cone.
+    """
+
+    working_spacing_mm: float = 2.0
+    start_angle_deg: float = 5.0
+    max_angle_deg: float = 30.0
+    curriculum_pairs: int = 2000
+    max_translation_mm: float = 15.0
+    fixed_contrasts: tuple[str, ...] = ("t1",)
+    elastic_mm: float = 0.0
+    n_keypoints: int = 192
+    n_uniform: int = 64
+    keypoints: KeypointConfig = field(
+        default_factory=lambda: KeypointConfig(sampling="probabilistic", border_mm=4.0, max_keypoints=192)
+    )
+
+    def angle_deg(self, index: int) -> float:
+        """Largest rotation of pair ``index``: the rotation curriculum."""
+        progress = min(index / max(self.curriculum_pairs, 1), 1.0)
+        return self.start_angle_deg + progress * (self.max_angle_deg - self.start_angle_deg)
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingPair:
+    """One example: network inputs ``(1, 2, *S)`` of the MRI and the ultrasound, grid_sample
+    coordinates ``(N, d)`` of the N corresponding points in each, and their MRI world positions
+    ``(N, d)`` mm (for choosing negatives by distance)."""
+
+    fixed_input: torch.Tensor
+    moving_input: torch.Tensor
+    fixed_coords: torch.Tensor
+    moving_coords: torch.Tensor
+    positions_mm: torch.Tensor
+
+
+def _contrast(image: Image, tissues: dict[str, Image] | None, name: str, seed: int) -> Image:
+    if name == "t2":
+        return t2_like(image, tissues, seed)
+    if name == "random":
+        return random_lut(image, seed)
+    return image
+
+
+def make_pair(sources: Sequence[Source], config: PairConfig, index: int, seed: int = 0) -> TrainingPair:
+    """Training pair number ``index`` of the stream seeded by ``seed``; a draw whose cone misses the
+    brain (no landmark fits) is drawn again from the next sub-seed."""
+    for attempt in range(MAX_ATTEMPTS):
+        try:
+            return _draw_pair(sources, config, np.random.SeedSequence([seed, index, attempt]), index)
+        except CrossregError:
+            continue
+    raise CrossregError(f"pair {index}: no usable ultrasound in {MAX_ATTEMPTS} draws; check the sources")
+
+
+def _draw_pair(
+    sources: Sequence[Source], config: PairConfig, entropy: np.random.SeedSequence, index: int
+) -> TrainingPair:
+    rng = np.random.default_rng(entropy)
+    image, tissues = sources[int(rng.integers(len(sources)))]
+    if config.elastic_mm > 0:
+        warp = random_elastic(image, config.elastic_mm, seed=int(rng.integers(2**31)))
+        image = warp.warp(image)
+        tissues = None if tissues is None else {k: warp.warp(v) for k, v in tissues.items()}
+    angle = float(rng.uniform(0.0, config.angle_deg(index)))
+    shift = float(rng.uniform(0.0, config.max_translation_mm))
+    n_uniform = max(config.n_uniform, 1)
+    case = make_case(
+        image, "us", angle, shift, tissues=tissues, n_landmarks=n_uniform, seed=int(rng.integers(2**31))
+    )
+    contrast = config.fixed_contrasts[int(rng.integers(len(config.fixed_contrasts)))]
+    fixed_image = _contrast(case.fixed, tissues, contrast, int(rng.integers(2**31)))
+    fixed = working_image(fixed_image, config.working_spacing_mm)
+    moving = working_image(case.moving, config.working_spacing_mm)
+    kps = detect_keypoints(moving, config.keypoints, seed=int(rng.integers(2**31)))
+    moving_mm = np.concatenate([kps.points_mm.double().numpy(), case.landmarks_moving_mm])
+    fixed_mm = case.true_transform.inverse().apply(moving_mm)
+    inside = fixed.grid.contains(fixed_mm)
+    fixed_mm, moving_mm = fixed_mm[inside], moving_mm[inside]
+    return TrainingPair(
+        network_input(fixed),
+        network_input(moving),
+        torch.from_numpy(grid_coords(fixed.grid, fixed_mm)).float(),
+        torch.from_numpy(grid_coords(moving.grid, moving_mm)).float(),
+        torch.from_numpy(fixed_mm).float(),
+    )
+
+
+class PairStream(torch.utils.data.IterableDataset):
+    """Endless pairs ``start, start + stride, ...`` (a DDP rank's share), split among DataLoader workers."""
+
+    def __init__(
+        self, sources: Sequence[Source], config: PairConfig, seed: int, start: int = 0, stride: int = 1
+    ) -> None:
+        super().__init__()
+        self.sources, self.config, self.seed, self.start, self.stride = sources, config, seed, start, stride
+
+    def __iter__(self) -> Iterator[TrainingPair]:
+        info = torch.utils.data.get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        index = self.start + worker * self.stride
+        while True:
+            yield make_pair(self.sources, self.config, index, self.seed)
+            index += n_workers * self.stride

@@ -1,0 +1,203 @@
+"""The one training loop for descriptor networks: CPU, one GPU, or several under ``torchrun`` (DDP).
+
+Pairs come from :class:`crossreg.train.data.PairStream` (synthesised on CPU workers while the GPU
+trains); each rank draws its own share of pair indices, so N ranks see N times the pairs per step.
+A checkpoint (model, optimiser, step, loss generator) is written atomically every
+``checkpoint_every`` steps and at the end; ``resume`` continues from it exactly. Losses go to a JSON
+lines log. Rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from crossreg.features.crosskey import CrossKeyConfig, DescriptorNet, save_model
+from crossreg.outputs import atomic_write
+from crossreg.train.data import PairConfig, PairStream, Source, TrainingPair
+from crossreg.train.losses import LossConfig, descriptor_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """steps x pairs_per_step pairs (per rank); hardness of negatives grows linearly to 1 over
+    ``hardness_warmup`` of the steps; the learning rate follows a cosine from ``lr`` to 5% of it."""
+
+    steps: int = 600
+    pairs_per_step: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    hardness_warmup: float = 0.5
+    workers: int = 0
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 100
+    network: CrossKeyConfig = field(default_factory=CrossKeyConfig)
+    pairs: PairConfig = field(default_factory=PairConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+@dataclass(frozen=True)
+class StepLog:
+    """What one logged step measured."""
+
+    step: int
+    loss: float
+    stats: dict[str, float]
+    hardness: float
+    max_angle_deg: float
+    lr: float
+    seconds: float
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size), starting the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _pair_loss(
+    net: torch.nn.Module,
+    pair: TrainingPair,
+    device: torch.device,
+    hardness: float,
+    config: TrainConfig,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    core = net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
+    fixed_maps = net(pair.fixed_input.to(device))
+    moving_maps = net(pair.moving_input.to(device))
+    desc_f = core.describe(fixed_maps, pair.fixed_coords.to(device))
+    desc_m = core.describe(moving_maps, pair.moving_coords.to(device))
+    return descriptor_loss(
+        desc_f.float(), desc_m.float(), pair.positions_mm.to(device), hardness, config.loss, generator
+    )
+
+
+class _Encoder(torch.nn.Module):
+    """``forward`` = feature maps, so DDP sees the encoder call (the head runs in ``describe``)."""
+
+    def __init__(self, net: DescriptorNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.net.feature_maps(x)
+
+    def describe(self, maps: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
+        return self.net.describe(maps, coords)
+
+
+def train(
+    sources: Sequence[Source],
+    out: str | Path,
+    config: TrainConfig = TrainConfig(),
+    device: str = "cpu",
+    resume: bool = False,
+    meta: dict | None = None,
+    on_step: Callable[[StepLog], None] | None = None,
+) -> DescriptorNet:
+    """Train a descriptor network on pairs synthesised from ``sources``; write it to ``out`` (with
+    ``meta`` and the config in its card data), ``out``.ckpt and ``out``.log.jsonl. Gives the network."""
+    out = Path(out)
+    rank, world = _distributed()
+    torch.manual_seed(config.seed)
+    dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if device == "cuda" else device)
+    net = DescriptorNet(config.network).to(dev)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
+    checkpoint, log_path = out.with_suffix(".ckpt"), out.with_suffix(".log.jsonl")
+    step = _resume(checkpoint, net, optimiser, generator) if resume else 0
+    if rank == 0 and step == 0:
+        log_path.unlink(missing_ok=True)
+    model: torch.nn.Module = _Encoder(net)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None
+        )
+    first = (step * config.pairs_per_step) * world + rank
+    stream = PairStream(sources, config.pairs, config.seed, start=first, stride=world)
+    loader = torch.utils.data.DataLoader(
+        stream, batch_size=None, num_workers=config.workers, persistent_workers=config.workers > 0
+    )
+    pairs = iter(loader)
+    clock = time.perf_counter()
+    while step < config.steps:
+        progress = step / max(config.steps - 1, 1)
+        hardness = min(step / max(config.hardness_warmup * config.steps, 1), 1.0)
+        lr = config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+        for group in optimiser.param_groups:
+            group["lr"] = lr
+        optimiser.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        for _ in range(config.pairs_per_step):
+            loss, stats = _pair_loss(model, next(pairs), dev, hardness, config, generator)
+            (loss / config.pairs_per_step).backward()
+            for k, v in {"loss": float(loss.detach()), **stats}.items():
+                totals[k] = totals.get(k, 0.0) + v / config.pairs_per_step
+        optimiser.step()
+        step += 1
+        if rank == 0 and (step % config.log_every == 0 or step == config.steps):
+            angle = config.pairs.angle_deg(step * config.pairs_per_step * world)
+            loss_mean = totals.pop("loss")
+            entry = StepLog(
+                step,
+                loss_mean,
+                totals,
+                hardness=hardness,
+                max_angle_deg=angle,
+                lr=lr,
+                seconds=time.perf_counter() - clock,
+            )
+            with log_path.open("a") as f:
+                f.write(json.dumps(asdict(entry)) + "\n")
+            if on_step is not None:
+                on_step(entry)
+        if rank == 0 and (step % config.checkpoint_every == 0 or step == config.steps):
+            _checkpoint(checkpoint, net, optimiser, generator, step)
+    if rank == 0:
+        save_model(
+            out, net, {**(meta or {}), "train_config": asdict(config), "steps": step, "world_size": world}
+        )
+    if world > 1:
+        dist.barrier()
+    return net.eval()
+
+
+def _checkpoint(
+    path: Path, net: DescriptorNet, optimiser: torch.optim.Optimizer, generator: torch.Generator, step: int
+) -> None:
+    state = {
+        "model": net.state_dict(),
+        "optimiser": optimiser.state_dict(),
+        "generator": generator.get_state(),
+        "step": step,
+    }
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def _resume(
+    path: Path, net: DescriptorNet, optimiser: torch.optim.Optimizer, generator: torch.Generator
+) -> int:
+    """Load ``path`` into the model, optimiser and generator; the step it was saved at (0 if absent)."""
+    if not path.is_file():
+        log.info("no checkpoint at %s: starting from step 0", path)
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    net.load_state_dict(state["model"])
+    optimiser.load_state_dict(state["optimiser"])
+    generator.set_state(state["generator"])
+    return int(state["step"])

@@ -1,0 +1,39 @@
+"""The two ways to train CrossKEY descriptors, as configurations: patient-specific and general."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from crossreg import datasets
+from crossreg.image import Image
+from crossreg.synth.geometry import resample_anisotropic
+from crossreg.train.data import PairConfig, Source
+from crossreg.train.loop import TrainConfig
+
+SOURCE_MM = 2.0
+
+
+def patient_config(steps: int = 400, seed: int = 0, workers: int = 0) -> TrainConfig:
+    """Synthetic ultrasound of one patient's T1 only: no anatomy changes, the MRI as it is."""
+    return TrainConfig(steps=steps, seed=seed, workers=workers, pairs=PairConfig(curriculum_pairs=steps * 4))
+
+
+def general_config(steps: int = 600, seed: int = 0, workers: int = 0) -> TrainConfig:
+    """Every real MRI available, warped elastically into new anatomies, its MRI side shown as T1,
+    T2-like or a random contrast, so the descriptors carry to other brains and MR sequences."""
+    pairs = PairConfig(
+        curriculum_pairs=steps * 4, fixed_contrasts=("t1", "t1", "t2", "random"), elastic_mm=6.0
+    )
+    return replace(patient_config(steps, seed, workers), pairs=pairs)
+
+
+def general_sources() -> list[Source]:
+    """Real MRI shipped with crossreg: the MNI152 2009a T1 (2 mm) with its tissue maps."""
+    return [(datasets.mni152_t1(2), datasets.mni152_tissues(2))]
+
+
+def patient_sources(t1: Image, tissues: dict[str, Image] | None = None) -> list[Source]:
+    """One patient's T1 (and grey/white matter maps if segmented), at no finer than ``SOURCE_MM``:
+    descriptors are learned on ~2 mm working grids, and synthesis on finer voxels only costs time."""
+    spacing = tuple(max(s, SOURCE_MM) for s in t1.spacing_mm)
+    return [(t1 if spacing == t1.spacing_mm else resample_anisotropic(t1, spacing), tissues)]
