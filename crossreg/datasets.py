@@ -14,6 +14,7 @@ from crossreg.errors import ImageReadError
 from crossreg.image import Image
 from crossreg.imageio import load
 from crossreg.synth.geometry import Axis, extract_slice
+from crossreg.synth.modality import as_probability
 
 Kind = Literal["t1", "gm", "wm"]
 _SHIPPED = (("t1", 1), ("t1", 2), ("gm", 2), ("wm", 2))
@@ -42,8 +43,7 @@ def mni152_tissues(resolution_mm: int = 2) -> dict[str, Image]:
 
     On the same grid as ``mni152_t1(resolution_mm)``; shipped at 2 mm only.
     """
-    maps = {k: load(mni152_path(k, resolution_mm)) for k in ("gm", "wm")}
-    return {k: im.with_array(im.array / 255.0, im.mask) for k, im in maps.items()}
+    return {k: as_probability(load(mni152_path(k, resolution_mm))) for k in ("gm", "wm")}
 
 
 def mni152_slice(resolution_mm: int = 1, axis: Axis = "axial", index: int | None = None) -> Image:

@@ -15,6 +15,10 @@ class InvalidImageError(CrossregError):
     """An image was read but cannot be registered (dimensionality, NaN, constant, too small)."""
 
 
+class EmptyRegionError(InvalidImageError):
+    """A region where points must be placed (landmarks in a field of view) is too small."""
+
+
 class DimensionMismatchError(CrossregError):
     """Fixed and moving images do not have the same number of dimensions."""
 

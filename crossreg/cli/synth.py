@@ -55,6 +55,7 @@ def pair(
     from crossreg.imageio import load
     from crossreg.outputs import check_outputs
     from crossreg.synth.cases import make_case
+    from crossreg.synth.modality import as_probability
     from crossreg.synth.pairs import PAIR_FILES, write_pair
 
     _check_kind(kind)
@@ -65,7 +66,7 @@ def pair(
     check_outputs([out / name for name in PAIR_FILES], force)
     fixed = load(image)
     moving_spacing = parse_floats(spacing, "--spacing", (fixed.ndim,)) if spacing else None
-    tissues = {"gm": load(gm), "wm": load(wm)} if gm is not None and wm is not None else None
+    tissues = {"gm": as_probability(load(gm)), "wm": as_probability(load(wm))} if gm and wm else None
     with console.status(f"synthesising a {kind} pair"):
         case = make_case(
             fixed,

@@ -72,6 +72,7 @@ def patient(
 ) -> None:
     """Train on synthetic ultrasound of one patient's MRI (random probe poses, artefacts, rotations)."""
     from crossreg.imageio import load
+    from crossreg.synth.modality import as_probability
     from crossreg.train.presets import patient_config, patient_sources
 
     if (gm is None) != (wm is None):
@@ -79,7 +80,7 @@ def patient(
     image = load(mri)
     if image.ndim != 3:
         raise CrossregError(f"{mri}: a {image.ndim}D image; patient training needs a 3D MRI")
-    tissues = {"gm": load(gm), "wm": load(wm)} if gm is not None and wm is not None else None
+    tissues = {"gm": as_probability(load(gm)), "wm": as_probability(load(wm))} if gm and wm else None
     config = (
         patient_config(seed=seed, workers=workers) if steps is None else patient_config(steps, seed, workers)
     )

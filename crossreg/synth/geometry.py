@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from crossreg.errors import InvalidImageError
+from crossreg.errors import EmptyRegionError, InvalidImageError
 from crossreg.filters import erode, gaussian_blur
 from crossreg.image import Grid, Image, fov_mask, from_array
 from crossreg.resample import resample
@@ -268,9 +268,7 @@ def sample_landmarks(image: Image, n: int, seed: int = 0, mask: np.ndarray | Non
     region = erode(torch.from_numpy(region & image.valid_mask()), 1).numpy()
     candidates = np.flatnonzero(region)
     if candidates.size < n:
-        raise InvalidImageError(
-            f"only {candidates.size} voxels inside the landmark mask; {n} landmarks asked"
-        )
+        raise EmptyRegionError(f"only {candidates.size} voxels inside the landmark mask; {n} landmarks asked")
     rng = np.random.default_rng(seed)
     chosen = rng.choice(candidates, size=n, replace=False)
     idx_xyz = np.stack(np.unravel_index(chosen, region.shape), axis=1)[:, ::-1]

@@ -101,6 +101,12 @@ def _soften(mask: np.ndarray) -> np.ndarray:
     return pool(x, 3, stride=1, padding=1, count_include_pad=False)[0, 0].numpy()
 
 
+def as_probability(tissue_map: Image) -> Image:
+    """A tissue map in [0, 1]: maps stored as 0-255 (as the MNI152 files are) are divided by 255."""
+    peak = float(np.nanmax(tissue_map.array))
+    return tissue_map.with_array(tissue_map.array / 255.0) if 1.001 < peak <= 255.0 else tissue_map
+
+
 def tissue_fractions(
     t1: Image, tissues: dict[str, Image] | None = None, head: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from crossreg.errors import CrossregError
+from crossreg.errors import CrossregError, EmptyRegionError
 from crossreg.features.crosskey import network_input
 from crossreg.image import Image
 from crossreg.keypoints import KeypointConfig, detect_keypoints
@@ -87,7 +87,7 @@ def make_pair(sources: Sequence[Source], config: PairConfig, index: int, seed: i
     for attempt in range(MAX_ATTEMPTS):
         try:
             return _draw_pair(sources, config, np.random.SeedSequence([seed, index, attempt]), index)
-        except CrossregError:
+        except EmptyRegionError:  # the cone holds too little brain to put points in
             continue
     raise CrossregError(f"pair {index}: no usable ultrasound in {MAX_ATTEMPTS} draws; check the sources")
 
