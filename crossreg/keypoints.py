@@ -31,10 +31,15 @@ class KeypointConfig:
 
     scales_mm: Gaussian sigmas of the saliency scales. nms_radius_mm: kept keypoints are at least this
     far apart. border_mm: kept keypoints are at least this far inside the field-of-view mask, so the
-    descriptor neighbourhood holds data. max_keypoints: cap on the number returned. sampling:
+    descriptor neighbourhood holds data. max_keypoints: cap on the number of detected keypoints. sampling:
     "probabilistic" draws local maxima with probability ~ saliency**exponent (seeded), "top" keeps the
     most salient. min_saliency: local maxima below this fraction of the 99th-percentile maximum are
     noise and never returned.
+
+    Where fewer than ``min_keypoints`` maxima are found (a small ultrasound cone, the flat brain of a
+    CT), a regular grid of points is added inside the field of view eroded by ``grid_border_mm``, at
+    ``grid_spacing_mm`` or coarser so that at most about ``max_grid_points`` are added (score 0): a
+    descriptor can still be matched where no detector fires, and without points there is no match.
     """
 
     scales_mm: tuple[float, ...] = (2.0, 3.0)
@@ -44,6 +49,10 @@ class KeypointConfig:
     sampling: Literal["probabilistic", "top"] = "top"
     exponent: float = 4.0
     min_saliency: float = 0.1
+    min_keypoints: int = 300
+    grid_border_mm: float = 4.0
+    grid_spacing_mm: float = 3.0
+    max_grid_points: int = 4000
 
     def __post_init__(self) -> None:
         if self.sampling not in ("probabilistic", "top"):
@@ -129,7 +138,25 @@ def detect_keypoints(
     chosen = _choose(scores, config, seed)
     index_zyx = _refine(sal, index[chosen])
     points = image.grid.index_to_world(index_zyx.numpy()[:, ::-1])
-    return Keypoints(torch.from_numpy(points).float(), scores[chosen].float())
+    scores = scores[chosen].float()
+    if len(points) < config.min_keypoints:
+        grid = _grid_points(image, region, config)
+        points = np.concatenate([points, grid])
+        scores = torch.cat([scores, torch.zeros(len(grid))])
+    return Keypoints(torch.from_numpy(points).float(), scores)
+
+
+def _grid_points(image: Image, region: np.ndarray, config: KeypointConfig) -> np.ndarray:
+    """World points ``(G, d)`` of a regular grid inside ``region`` eroded by ``grid_border_mm``."""
+    spacing_zyx = np.asarray(image.spacing_mm[::-1], float)
+    inside = _erode(
+        torch.from_numpy(np.ascontiguousarray(region)), _radius_vox(config.grid_border_mm, spacing_zyx)
+    ).numpy()
+    volume_mm = inside.sum() * float(np.prod(spacing_zyx))
+    step_mm = max(config.grid_spacing_mm, (volume_mm / max(config.max_grid_points, 1)) ** (1 / image.ndim))
+    stride = tuple(max(1, int(np.ceil(step_mm / s - 1e-6))) for s in spacing_zyx)
+    picked = np.argwhere(inside[tuple(slice(None, None, k) for k in stride)]) * np.asarray(stride)
+    return image.grid.index_to_world(picked[:, ::-1].astype(float))
 
 
 def _radius_vox(radius_mm: float, spacing_zyx: np.ndarray) -> tuple[int, ...]:

@@ -73,12 +73,28 @@ def _check_placement(image: Image, kps: Keypoints, config: KeypointConfig) -> No
 def test_keypoints_inside_eroded_fov_and_apart(
     work: Image, work_kps: Keypoints, nms_radius_mm: float
 ) -> None:
-    config = KeypointConfig(nms_radius_mm=nms_radius_mm)
-    kps = work_kps if config == KeypointConfig() else detect_keypoints(work, config)
+    config = KeypointConfig(nms_radius_mm=nms_radius_mm, min_keypoints=0)  # detected points only
+    kps = detect_keypoints(work, config)
     assert len(kps) > 100
     assert kps.points_mm.shape == (len(kps), 3) and kps.points_mm.dtype == torch.float32
     assert torch.all(kps.scores[:-1] >= kps.scores[1:])
     _check_placement(work, kps, config)
+
+
+def test_few_maxima_are_completed_by_a_grid_inside_the_fov(work: Image) -> None:
+    # A 40 mm ball of the brain: few saliency maxima, as in an ultrasound cone.
+    centre = np.array(work.grid.shape) // 2
+    ball = np.linalg.norm(np.indices(work.grid.shape) - centre[:, None, None, None], axis=0) * 2.0 < 20.0
+    small = work.with_array(work.array, ball)
+    config = KeypointConfig()
+    detected = detect_keypoints(small, replace(config, min_keypoints=0))
+    kps = detect_keypoints(small, config)
+    assert len(detected) < config.min_keypoints and len(kps) > len(detected) + 100
+    grid = kps.points_mm[len(detected) :]
+    assert torch.all(kps.scores[len(detected) :] == 0)
+    outside = torch.from_numpy(_outside_points_mm(small, small.valid_mask() & fov_mask(small)))
+    assert _min_distance_mm(grid, outside).min() >= config.grid_border_mm
+    assert _nearest_other_mm(grid).min() >= config.grid_spacing_mm - 1e-4
 
 
 def test_keypoints_in_world_space_of_any_grid(t1: Image, work_kps: Keypoints) -> None:
@@ -121,11 +137,14 @@ def test_top_is_deterministic_and_most_salient(work: Image) -> None:
 @pytest.mark.parametrize("cap", [1, 400])
 def test_count_cap_holds(work: Image, cap: int) -> None:
     for sampling in ("top", "probabilistic"):
-        assert len(detect_keypoints(work, KeypointConfig(max_keypoints=cap, sampling=sampling))) == cap
+        assert (
+            len(detect_keypoints(work, KeypointConfig(max_keypoints=cap, sampling=sampling, min_keypoints=0)))
+            == cap
+        )
 
 
 def test_2d_keypoints(slice_2d: Image) -> None:
-    config = KeypointConfig()
+    config = KeypointConfig(min_keypoints=0)
     kps = detect_keypoints(slice_2d, config)
     assert kps.points_mm.shape[1] == 2 and len(kps) > 100
     _check_placement(slice_2d, kps, config)
@@ -170,7 +189,9 @@ def test_placement_property_2d(seed: int, spacing: tuple[float, float], nms_radi
     rng = np.random.default_rng(seed)
     arr = rng.normal(size=(48, 40))
     image = from_array(arr, spacing_mm=spacing, mask=rng.random((48, 40)) > 0.005)
-    config = KeypointConfig(nms_radius_mm=nms_radius_mm, border_mm=3.0, scales_mm=(2.0,), min_saliency=0.0)
+    config = KeypointConfig(
+        nms_radius_mm=nms_radius_mm, border_mm=3.0, scales_mm=(2.0,), min_saliency=0.0, min_keypoints=0
+    )
     kps = detect_keypoints(image, config, mask=image.valid_mask())
     if len(kps) > 1:
         region = image.valid_mask()

@@ -49,9 +49,11 @@ class PairConfig:
     fixed_contrasts: tuple[str, ...] = ("t1",)
     elastic_mm: float = 0.0
     n_keypoints: int = 192
-    n_uniform: int = 64
+    n_uniform: int = 128
     keypoints: KeypointConfig = field(
-        default_factory=lambda: KeypointConfig(sampling="probabilistic", border_mm=4.0, max_keypoints=192)
+        default_factory=lambda: KeypointConfig(
+            sampling="probabilistic", border_mm=4.0, max_keypoints=192, min_keypoints=0
+        )
     )
 
     def angle_deg(self, index: int) -> float:
