@@ -139,7 +139,8 @@ def register(
     transform = found.transform
     if config.refine is not None:
         stage("intensity refinement")
-        transform = refine(fixed, moving, transform, config.model, config.refine, config.device).transform
+        refined = refine(fixed, moving, transform, config.model, config.refine, config.device).transform
+        transform = _kept_refinement(found.transform, refined, f_pts[found.inliers.cpu()].numpy(), config)
         lap("refine")
     log.info("registered with %d inliers of %d matches", found.n_inliers, len(matches))
     return Result(
@@ -154,6 +155,23 @@ def register(
         fixed=fixed,
         moving=moving,
     )
+
+
+def _kept_refinement(
+    ransac: AffineTransform, refined: AffineTransform, inliers_mm: np.ndarray, config: RegisterConfig
+) -> AffineTransform:
+    """``refined``, unless it moves an inlier keypoint ``(K, d)`` further than the RANSAC inlier
+    threshold from where the matches put it: refinement polishes, and a jump that far means the
+    intensity metric found another optimum (seen on CT, where soft tissue is flat), not a better one."""
+    shift = np.linalg.norm(refined.apply(inliers_mm) - ransac.apply(inliers_mm), axis=1)
+    if shift.size and shift.max() > config.ransac.threshold_mm:
+        log.warning(
+            "refinement moved inlier keypoints by up to %.1f mm (> %.1f mm): kept the RANSAC transform",
+            shift.max(),
+            config.ransac.threshold_mm,
+        )
+        return ransac
+    return refined
 
 
 def _check_overlap(fixed_work: Image, moving_work: Image, transform: AffineTransform) -> float:

@@ -72,3 +72,15 @@ def test_unrelated_images_fail_loudly(case3d):
     noise = case3d.fixed.with_array(rng.random(case3d.fixed.array.shape).astype(np.float32))
     with pytest.raises(RegistrationFailed, match="need 8"):
         register(case3d.fixed, noise, RegisterConfig(seed=0, refine=None))
+
+
+def test_refinement_that_jumps_away_from_the_inliers_is_refused():
+    from crossreg.register import _kept_refinement
+    from crossreg.transform import AffineTransform
+
+    ransac = AffineTransform.identity(3)
+    inliers = np.random.default_rng(0).uniform(-50, 50, (30, 3))
+    polish = AffineTransform(np.eye(3), np.array([0.5, -0.3, 0.2]))
+    jump = AffineTransform(np.eye(3), np.array([9.0, 0.0, 0.0]))
+    assert _kept_refinement(ransac, polish, inliers, RegisterConfig()) is polish
+    assert _kept_refinement(ransac, jump, inliers, RegisterConfig()) is ransac
