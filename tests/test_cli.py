@@ -155,3 +155,9 @@ def test_bench_runs_methods_side_by_side(tmp_path):
     assert "| crossreg |" in (out / "results.md").read_text()
     unknown = run("bench", "--out", str(tmp_path / "b2"), "--methods", "crossreg,magic")
     assert unknown.exit_code == 2 and "magic" in one_error_line(unknown)
+
+
+def test_synth_speed_reports_pairs_per_second():
+    result = run("synth", "speed", "--kinds", "t2", "--n", "1")
+    assert result.exit_code == 0, result.output
+    assert "pairs/s" in result.output and "t2" in result.output
