@@ -161,3 +161,17 @@ def test_synth_speed_reports_pairs_per_second():
     result = run("synth", "speed", "--kinds", "t2", "--n", "1")
     assert result.exit_code == 0, result.output
     assert "pairs/s" in result.output and "t2" in result.output
+
+
+def test_crosskey_without_weights_file_is_one_clear_error(t1_file, tmp_path):
+    args = ("register", str(t1_file), str(t1_file), "--out", str(tmp_path / "t.tfm"))
+    result = run(*args, "--features", "crosskey", "--weights", str(tmp_path / "none.pt"))
+    assert result.exit_code == 2 and "no such weights file" in one_error_line(result)
+    assert not (tmp_path / "t.tfm").exists()
+
+
+def test_train_patient_refuses_a_2d_image(slice_file, tmp_path):
+    result = run("train", "patient", str(slice_file), "--out", str(tmp_path / "m.pt"))
+    assert result.exit_code == 2 and "needs a 3D MRI" in one_error_line(result)
+    half = run("train", "patient", str(slice_file), "--out", str(tmp_path / "m.pt"), "--gm", str(slice_file))
+    assert half.exit_code == 2 and "--gm and --wm" in one_error_line(half)

@@ -1,0 +1,98 @@
+"""Training: pairs with exact correspondences, losses that rank the truth, a loop that resumes exactly."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from crossreg import datasets
+from crossreg.features.crosskey import CrossKeyConfig, load_model
+from crossreg.resample import sample_world
+from crossreg.synth.geometry import extract_slice
+from crossreg.train.data import PairConfig, make_pair
+from crossreg.train.loop import TrainConfig, train
+from crossreg.train.losses import LossConfig, curriculum_infonce, curriculum_triplet
+
+
+@pytest.fixture(scope="module")
+def sources_2d():
+    t1, tissues = datasets.mni152_t1(2), datasets.mni152_tissues(2)
+    return [
+        (extract_slice(t1, "axial", i), {k: extract_slice(v, "axial", i) for k, v in tissues.items()})
+        for i in (42, 46)
+    ]
+
+
+PAIRS_2D = PairConfig(working_spacing_mm=2.0, curriculum_pairs=8, n_keypoints=32, n_uniform=32)
+
+
+def test_pairs_are_reproducible_and_inside_both_images(sources_2d):
+    a, b = make_pair(sources_2d, PAIRS_2D, 5, seed=1), make_pair(sources_2d, PAIRS_2D, 5, seed=1)
+    assert torch.equal(a.moving_input, b.moving_input) and torch.equal(a.fixed_coords, b.fixed_coords)
+    assert (
+        len(a.fixed_coords) >= 20 and a.fixed_coords.abs().max() <= 1.0 and a.moving_coords.abs().max() <= 1.0
+    )
+    # Each point lies inside the ultrasound cone (its mask channel) and on the MRI's signal.
+    mask = a.moving_input[0, 1]
+    d = a.moving_coords.shape[1]
+    where = a.moving_coords.reshape(1, -1, *[1] * (d - 1), d)
+    inside = torch.nn.functional.grid_sample(mask[None, None], where, align_corners=True).flatten()
+    assert (inside > 0.5).float().mean() > 0.95
+    assert not torch.equal(a.moving_input, make_pair(sources_2d, PAIRS_2D, 6, seed=1).moving_input)
+
+
+def test_losses_rank_the_true_partner():
+    g = torch.Generator().manual_seed(0)
+    positions = torch.rand(64, 3, generator=g) * 100.0
+    random = torch.nn.functional.normalize(torch.randn(64, 16, generator=g), dim=1)
+    noisy = torch.nn.functional.normalize(random + 0.05 * torch.randn(64, 16, generator=g), dim=1)
+    for hardness in (0.0, 1.0):
+        good, stats = curriculum_infonce(random, noisy, positions, hardness)
+        bad, _ = curriculum_infonce(random, noisy.roll(1, 0), positions, hardness)
+        assert good < bad and stats["accuracy"] == 1.0
+        t_good, _ = curriculum_triplet(random, noisy, positions, hardness, LossConfig(kind="triplet"), g)
+        t_bad, _ = curriculum_triplet(
+            random, noisy.roll(1, 0), positions, hardness, LossConfig(kind="triplet"), g
+        )
+        assert t_good < t_bad
+
+
+def test_resume_continues_exactly(sources_2d, tmp_path):
+    config = TrainConfig(
+        steps=4,
+        pairs_per_step=2,
+        log_every=1,
+        checkpoint_every=2,
+        network=CrossKeyConfig(ndim=2, channels=(4, 8), out_dim=8, hidden=16),
+        pairs=PAIRS_2D,
+    )
+    import shutil
+
+    def keep_step_2_checkpoint(entry):  # logged before the step's own checkpoint: a.ckpt is step 2's
+        if entry.step == 3:
+            shutil.copy(tmp_path / "a.ckpt", tmp_path / "c.ckpt")
+
+    straight = train(sources_2d, tmp_path / "a.pt", config, on_step=keep_step_2_checkpoint)
+    assert torch.load(tmp_path / "c.ckpt", weights_only=True)["step"] == 2
+    resumed = train(sources_2d, tmp_path / "c.pt", config, resume=True)
+    for p, q in zip(straight.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    logged = [line for line in (tmp_path / "a.log.jsonl").read_text().splitlines() if line]
+    assert len(logged) == 4
+    net, meta = load_model(tmp_path / "a.pt")
+    assert meta["steps"] == 4 and net.config.ndim == 2
+    untrained = torch.nn.utils.parameters_to_vector(
+        train(sources_2d, tmp_path / "z.pt", replace(config, steps=0)).parameters()
+    )
+    assert not torch.allclose(untrained, torch.nn.utils.parameters_to_vector(straight.parameters()))
+
+
+def test_sample_world_is_the_training_lookup():
+    grid_values = torch.arange(12.0).reshape(1, 3, 4)
+    from crossreg.image import Grid
+
+    grid = Grid((3, 4), (2.0, 1.0), (10.0, 0.0), np.eye(2))
+    # world (x=12, y=1) is index (1, 1): value 5; halfway to (2, 1) is 5.5.
+    got = sample_world(grid_values, grid, torch.tensor([[12.0, 1.0], [14.0 + 0.0, 1.0], [13.0, 1.0]]))
+    np.testing.assert_allclose(got.numpy()[0], [5.0, 6.0, 5.5])
