@@ -6,7 +6,10 @@ from importlib import resources
 
 import pytest
 
+from crossreg import datasets
+from crossreg.image import Image
 from crossreg.imageio import load
+from crossreg.resample import to_working_grid
 
 
 def data_path(name: str) -> str:
@@ -17,3 +20,21 @@ def data_path(name: str) -> str:
 def t1_2mm():
     """MNI152 2009a T1 at 2 mm, stored with direction diag(-1, -1, 1) (a RAS-stored NIfTI)."""
     return load(data_path("mni152_t1_2mm.nii.gz"))
+
+
+@pytest.fixture(scope="session")
+def t1() -> Image:
+    """The same 2 mm T1 (shared name for modules that call it ``t1``)."""
+    return datasets.mni152_t1(2)
+
+
+@pytest.fixture(scope="session")
+def tissues() -> dict[str, Image]:
+    """Grey/white matter probability maps in [0, 1] on the 2 mm T1's grid."""
+    return datasets.mni152_tissues(2)
+
+
+@pytest.fixture(scope="session")
+def work(t1: Image) -> Image:
+    """The 2 mm T1 on a 2 mm working grid (identity direction)."""
+    return to_working_grid(t1, 2.0)

@@ -21,16 +21,6 @@ DATA = resources.files("crossreg") / "data"
 
 
 @pytest.fixture(scope="module")
-def t1() -> Image:
-    return load(DATA / "mni152_t1_2mm.nii.gz")
-
-
-@pytest.fixture(scope="module")
-def work(t1: Image) -> Image:
-    return to_working_grid(t1, 2.0)
-
-
-@pytest.fixture(scope="module")
 def work_kps(work: Image) -> Keypoints:
     return detect_keypoints(work)
 

@@ -25,16 +25,6 @@ from crossreg.synth.modality import add_noise, bias_field, ct_like, random_lut, 
 from crossreg.transform import to_sitk as transform_to_sitk
 
 
-@pytest.fixture(scope="module")
-def t1():
-    return data.mni152_t1(2)
-
-
-@pytest.fixture(scope="module")
-def tissues():
-    return data.mni152_tissues(2)
-
-
 def sample_sitk(image, points_mm):
     """Linear interpolation of ``image`` at world points ``(N, d)`` by SimpleITK (not crossreg.resample)."""
     itk = to_sitk(image)

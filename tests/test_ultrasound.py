@@ -8,7 +8,6 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from crossreg import datasets as data
 from crossreg.errors import OutputExistsError
 from crossreg.filters import erode
 from crossreg.image import Grid, Image, fov_mask
@@ -21,16 +20,6 @@ from crossreg.synth.pairs import PAIR_FILES, write_pair
 from crossreg.synth.ultrasound import UltrasoundConfig, echo_envelope, simulate_ultrasound
 
 RAYLEIGH_SNR = np.sqrt(np.pi / (4.0 - np.pi))  # mean / std of a Rayleigh variable, 1.913
-
-
-@pytest.fixture(scope="module")
-def t1():
-    return data.mni152_t1(2)
-
-
-@pytest.fixture(scope="module")
-def tissues():
-    return data.mni152_tissues(2)
 
 
 def axial(image):
