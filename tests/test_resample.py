@@ -1,7 +1,8 @@
 import numpy as np
+import torch
 
 from crossreg.image import Grid, Image
-from crossreg.resample import resample, to_working_grid
+from crossreg.resample import resample, sample_world, to_working_grid
 from crossreg.transform import rigid_from_params
 
 
@@ -75,3 +76,11 @@ def test_single_slice_target_grid_samples_its_plane(t1_2mm):
     plane = Grid((1, *g.shape[1:]), g.spacing_mm, tuple(g.index_to_world([[0, 0, k]])[0]), g.direction)
     out = resample(t1_2mm, plane)
     np.testing.assert_allclose(out.array[0], t1_2mm.array[k], atol=1e-3)
+
+
+def test_sample_world_reads_world_points():
+    grid_values = torch.arange(12.0).reshape(1, 3, 4)
+    grid = Grid((3, 4), (2.0, 1.0), (10.0, 0.0), np.eye(2))
+    # world (x=12, y=1) is index (1, 1): value 5; halfway to (2, 1) is 5.5.
+    got = sample_world(grid_values, grid, torch.tensor([[12.0, 1.0], [14.0, 1.0], [13.0, 1.0]]))
+    np.testing.assert_allclose(got.numpy()[0], [5.0, 6.0, 5.5])

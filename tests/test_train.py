@@ -2,13 +2,12 @@
 
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 
 from crossreg import datasets
 from crossreg.features.crosskey import CrossKeyConfig, load_model
-from crossreg.resample import sample_world
+from crossreg.keypoints import KeypointConfig
 from crossreg.synth.geometry import extract_slice
 from crossreg.train.data import PairConfig, make_pair
 from crossreg.train.loop import TrainConfig, train
@@ -24,7 +23,12 @@ def sources_2d():
     ]
 
 
-PAIRS_2D = PairConfig(working_spacing_mm=2.0, curriculum_pairs=8, n_keypoints=32, n_uniform=32)
+PAIRS_2D = PairConfig(
+    working_spacing_mm=2.0,
+    curriculum_pairs=8,
+    n_uniform=32,
+    keypoints=KeypointConfig(sampling="probabilistic", border_mm=4.0, max_keypoints=32, min_keypoints=0),
+)
 
 
 def test_pairs_are_reproducible_and_inside_both_images(sources_2d):
@@ -86,13 +90,3 @@ def test_resume_continues_exactly(sources_2d, tmp_path):
         train(sources_2d, tmp_path / "z.pt", replace(config, steps=0)).parameters()
     )
     assert not torch.allclose(untrained, torch.nn.utils.parameters_to_vector(straight.parameters()))
-
-
-def test_sample_world_is_the_training_lookup():
-    grid_values = torch.arange(12.0).reshape(1, 3, 4)
-    from crossreg.image import Grid
-
-    grid = Grid((3, 4), (2.0, 1.0), (10.0, 0.0), np.eye(2))
-    # world (x=12, y=1) is index (1, 1): value 5; halfway to (2, 1) is 5.5.
-    got = sample_world(grid_values, grid, torch.tensor([[12.0, 1.0], [14.0 + 0.0, 1.0], [13.0, 1.0]]))
-    np.testing.assert_allclose(got.numpy()[0], [5.0, 6.0, 5.5])

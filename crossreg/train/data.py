@@ -38,7 +38,8 @@ class PairConfig:
     end of the curriculum (it grows from ``start_angle_deg`` over ``curriculum_pairs`` pairs).
     fixed_contrasts: what the MRI side shows, drawn uniformly (``t1``, ``t2`` T2-like, ``random`` LUT).
     elastic_mm: largest displacement of a random warp of the source (new anatomies); 0 for none.
-    n_keypoints, n_uniform: points per pair from the detector and drawn uniformly in the cone.
+    keypoints: the detector on the ultrasound (``max_keypoints`` points per pair, drawn by saliency);
+    n_uniform: points drawn uniformly in the cone besides (at least 1).
     """
 
     working_spacing_mm: float = 2.0
@@ -48,7 +49,6 @@ class PairConfig:
     max_translation_mm: float = 15.0
     fixed_contrasts: tuple[str, ...] = ("t1",)
     elastic_mm: float = 0.0
-    n_keypoints: int = 192
     n_uniform: int = 128
     keypoints: KeypointConfig = field(
         default_factory=lambda: KeypointConfig(
