@@ -4,7 +4,7 @@ Exit codes: 0 success; 1 unexpected internal error; 2 bad input or output (one l
 3 registration failed (too few consistent matches); 130 interrupted. No partial output is left behind.
 """
 
-from crossreg.cli import bench, register, synth, train  # noqa: F401  (each adds its commands to app)
+from crossreg.cli import batch, bench, register, synth, train  # noqa: F401  (each adds its commands to app)
 from crossreg.cli.app import app
 
 
