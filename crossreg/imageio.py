@@ -15,6 +15,11 @@ from crossreg.image import Grid, Image, validate
 from crossreg.outputs import atomic_write
 
 _LUMA = np.array([0.299, 0.587, 0.114])
+#: File names :func:`save` writes, per image dimension (8-bit PNG/JPEG only hold 2D slices).
+SAVE_SUFFIXES = {
+    3: (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".tif", ".tiff"),
+    2: (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".tif", ".tiff", ".png", ".jpg", ".jpeg"),
+}
 
 
 def load(path: str | Path) -> Image:
@@ -44,10 +49,12 @@ def _read_file(path: Path) -> sitk.Image:
 
 
 def _check_nifti_payload(path: Path, itk: sitk.Image) -> None:
-    """Raise if a NIfTI file holds fewer voxel bytes than its header promises, or NaN/Inf floats.
+    """Raise if a NIfTI file's header or payload would be read as a silently wrong image.
 
-    ITK's NIfTI reader zero-fills a truncated file and turns NaN voxels into 0 without a word: both
-    would be silent wrong images, so the raw payload is checked here.
+    ITK's NIfTI reader zero-fills a truncated file, turns NaN voxels into 0, reads a file whose magic
+    is damaged as Analyze 7.5 (another orientation), replaces a zero or NaN voxel size by 1 mm and
+    rotates a sheared orientation into an orthonormal one, each without an error: so the raw header
+    and payload are checked here.
     """
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
@@ -55,25 +62,69 @@ def _check_nifti_payload(path: Path, itk: sitk.Image) -> None:
             raw = f.read()
     except (OSError, EOFError, zlib.error):
         raise ImageReadError(f"{path}: corrupt or truncated image file") from None
-    sizeof_hdr = struct.unpack("<i", raw[:4])[0]
-    nifti2 = sizeof_hdr in (540, 540 << 24)
-    endian = "<" if sizeof_hdr in (348, 540) else ">"
-    offset = int(
-        struct.unpack(endian + ("q" if nifti2 else "f"), raw[168:176] if nifti2 else raw[108:112])[0]
-    )
-    datatype = struct.unpack(endian + "h", raw[12:14] if nifti2 else raw[70:72])[0]
+    header = _nifti_header(path, raw)
+    d = min(itk.GetDimension(), 3)
+    voxel_mm = header["pixdim"][1 : d + 1]
+    if not np.all(np.isfinite(voxel_mm)) or np.any(voxel_mm <= 0):
+        raise InvalidImageError(
+            f"{path}: voxel size {tuple(float(v) for v in voxel_mm)} mm in the header is not physical"
+        )
+    if header["sform_code"] > 0:
+        axes = header["srow"][:d, :d]
+        cosines = axes / np.maximum(np.linalg.norm(axes, axis=0), 1e-12)
+        if not np.allclose(cosines.T @ cosines, np.eye(d), atol=1e-3):
+            raise InvalidImageError(
+                f"{path}: sheared orientation (sform axes not orthogonal); resample it onto an "
+                "unsheared grid before registering"
+            )
     n_values = int(np.prod(itk.GetSize())) * itk.GetNumberOfComponentsPerPixel()
-    expected = offset + n_values * itk.GetSizeOfPixelComponent()
+    expected = header["offset"] + n_values * itk.GetSizeOfPixelComponent()
     if len(raw) < expected:
         raise ImageReadError(
             f"{path}: truncated file ({len(raw)} of {expected} bytes); re-export or re-copy it"
         )
     float_types = {16: "f4", 64: "f8"}
-    if datatype in float_types:
-        values = np.frombuffer(raw, endian + float_types[datatype], count=n_values, offset=offset)
+    if header["datatype"] in float_types:
+        dtype = header["endian"] + float_types[header["datatype"]]
+        values = np.frombuffer(raw, dtype, count=n_values, offset=header["offset"])
         bad = n_values - int(np.count_nonzero(np.isfinite(values)))
         if bad:
             raise InvalidImageError(f"{path}: {bad} NaN/Inf voxels; replace them before registering")
+
+
+def _nifti_header(path: Path, raw: bytes) -> dict:
+    """The NIfTI-1/2 header fields crossreg checks; ImageReadError unless ``raw`` starts with one."""
+    sizes = {348: (1, "<"), 348 << 24: (1, ">"), 540: (2, "<"), 540 << 24: (2, ">")}
+    version, endian = sizes.get(struct.unpack("<i", raw[:4])[0] if len(raw) >= 4 else 0, (0, "<"))
+    if len(raw) < {0: 4, 1: 348, 2: 540}[version]:
+        raise ImageReadError(f"{path}: truncated file ({len(raw)} bytes, shorter than a NIfTI header)")
+    magic = raw[344:348] if version == 1 else raw[4:8]
+    if version == 0 or magic not in (b"n+1\0", b"ni1\0", b"n+2\0"):
+        damaged = "header size field" if version == 0 else f"magic bytes {magic!r}"
+        raise ImageReadError(
+            f"{path}: damaged NIfTI header ({damaged}; ITK would read it as Analyze 7.5, in another "
+            "orientation); re-export the file"
+        )
+
+    def unpack(fmt: str, at: int, n: int = 1) -> np.ndarray:
+        return np.array(struct.unpack_from(f"{endian}{n}{fmt}", raw, at), float)
+
+    if version == 1:
+        offset, pixdim = unpack("f", 108)[0], unpack("f", 76, 8)
+        datatype, sform_code, srow = unpack("h", 70)[0], unpack("h", 254)[0], unpack("f", 280, 12)
+    else:
+        offset, pixdim = unpack("q", 168)[0], unpack("d", 104, 8)
+        datatype, sform_code, srow = unpack("h", 12)[0], unpack("i", 348)[0], unpack("d", 400, 12)
+    if not 0 <= offset < 2**40:  # NaN fails too
+        raise ImageReadError(f"{path}: damaged NIfTI header (voxel data offset {offset}); re-export the file")
+    return {
+        "endian": endian,
+        "offset": int(offset),
+        "pixdim": pixdim,
+        "datatype": int(datatype),
+        "sform_code": int(sform_code),
+        "srow": srow.reshape(3, 4),
+    }
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:

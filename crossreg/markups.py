@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +134,7 @@ def read_landmarks_csv(path: str | Path) -> np.ndarray:
 def _read_table(path: str | Path) -> tuple[list[str] | None, Rows, str]:
     """Header (lower-case, or None), the data rows with their line numbers, and the coordinate system."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8-sig")  # spreadsheets often start CSV with a BOM
     except (OSError, UnicodeDecodeError) as err:
         raise CrossregError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
     header, system, rows = None, "LPS", []
@@ -198,6 +199,16 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _is_coordinate(value: object) -> bool:
+    """A JSON number that is a finite float (JSON's NaN/Infinity extensions and huge integers are not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _flag(path: str | Path, line: int, text: str) -> bool:
@@ -301,8 +312,8 @@ def _markup_points(path: str | Path, markup: dict) -> tuple[np.ndarray, list[str
         label = str(cp.get("label", i + 1))
         pos = cp.get("position")
         defined = cp.get("positionStatus", "defined") == "defined" and isinstance(pos, list)
-        if not defined or len(pos) != 3 or not all(isinstance(v, (int, float)) for v in pos):
-            raise CrossregError(f"{path}: control point {label!r} has no defined 3-value position")
+        if not defined or len(pos) != 3 or not all(_is_coordinate(v) for v in pos):
+            raise CrossregError(f"{path}: control point {label!r} has no defined, finite 3-value position")
         points.append([float(v) for v in pos])
         labels.append(label)
     pts = np.array(points, float).reshape(-1, 3) * _UNIT_MM[unit]

@@ -24,8 +24,21 @@ def check_outputs(paths: Iterable[str | Path | None], force: bool) -> None:
             probe = probe.parent
         if not probe.is_dir():
             raise OutputWriteError(f"cannot write {path}: {probe} is not a directory")
-        if not os.access(probe, os.W_OK):
-            raise OutputWriteError(f"cannot write {path}: {probe} is not writable")
+        try:  # a real file, not os.access: that says yes to root on a read-only mount or /proc
+            tempfile.TemporaryFile(dir=probe).close()
+        except OSError as err:
+            raise OutputWriteError(f"cannot write {path}: {probe} is not writable ({err.strerror})") from None
+
+
+def check_suffix(path: str | Path | None, suffixes: Iterable[str], what: str) -> None:
+    """Raise OutputWriteError before any work unless ``path`` (if given) ends with one of ``suffixes``."""
+    if path is None:
+        return
+    allowed = tuple(s.lower() for s in suffixes)
+    if not Path(path).name.lower().endswith(allowed):
+        raise OutputWriteError(
+            f"cannot write {path}: not a {what} format crossreg writes; use one of {', '.join(allowed)}"
+        )
 
 
 def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> None:

@@ -19,7 +19,8 @@ class Result:
     ransac_transform: the transform the sparse matches gave, before refinement.
     fixed_points_mm, moving_points_mm: ``(M, d)`` matched keypoints, world mm LPS.
     inliers: ``(M,)`` bool, matches consistent with ``ransac_transform``.
-    confidence: in [0, 1]; how sure RANSAC is that the inlier set is not chance (see estimate.py).
+    confidence: in [0, 1]; the probability that the inlier set is not chance, times the probability that
+        the inliers pin the transform down over the overlap better than one match (estimate.py).
     """
 
     transform: AffineTransform
@@ -65,13 +66,32 @@ class Result:
     ) -> list[Path]:
         """Write the transform (ITK .tfm) and, if paths are given, the resampled image, QA figure and
         matches (CSV plus Slicer ``*_fixed.mrk.json`` / ``*_moving.mrk.json`` beside it). Each file is
-        written atomically. Returns the paths written."""
+        written atomically, and if one fails (or the run is interrupted) the files this call already
+        wrote are removed again, so a set of outputs is never left half-written. Returns the paths."""
+        written: list[Path] = []
+        try:
+            self._save_all(written, transform_path, resampled_path, qa_path, matches_path)
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+        return written
+
+    def _save_all(
+        self,
+        written: list[Path],
+        transform_path: str | Path,
+        resampled_path: str | Path | None,
+        qa_path: str | Path | None,
+        matches_path: str | Path | None,
+    ) -> None:
+        """Write each output, appending its path to ``written`` as soon as it exists."""
         from crossreg import markups
         from crossreg.imageio import save
         from crossreg.viz import save_qa
 
-        written = [Path(transform_path)]
         self.transform.save(transform_path)
+        written.append(Path(transform_path))
         if resampled_path is not None:
             save(self.resampled(), resampled_path)
             written.append(Path(resampled_path))
@@ -80,20 +100,17 @@ class Result:
             save_qa(qa_path, self.fixed, self.moving, self.transform, matched, title=self.summary())
             written.append(Path(qa_path))
         if matches_path is not None:
-            written += self._save_matches(Path(matches_path), markups)
-        return written
+            self._save_matches(Path(matches_path), markups, written)
 
-    def _save_matches(self, path: Path, markups) -> list[Path]:
+    def _save_matches(self, path: Path, markups, written: list[Path]) -> None:
         markups.write_matches_csv(path, self.fixed_points_mm, self.moving_points_mm, self.inliers)
-        stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+        written.append(path)
         keep = self.inliers
         labels = [f"M{i}" for i in np.flatnonzero(keep)]
-        out = [path]
-        for side, pts in (("fixed", self.fixed_points_mm), ("moving", self.moving_points_mm)):
-            mrk = path.with_name(f"{stem}_{side}.mrk.json")
+        sides = (("fixed", self.fixed_points_mm), ("moving", self.moving_points_mm))
+        for mrk, (side, pts) in zip(self.companion_paths(path), sides, strict=True):
             markups.write_markups_json(mrk, pts[keep], labels, name=f"crossreg {side} inliers")
-            out.append(mrk)
-        return out
+            written.append(mrk)
 
     @staticmethod
     def companion_paths(matches_path: str | Path) -> list[Path]:

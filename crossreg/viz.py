@@ -203,6 +203,11 @@ def qa_figure(
     return fig
 
 
+def qa_suffixes() -> tuple[str, ...]:
+    """File name endings :func:`save_qa` writes (the formats of matplotlib's Agg canvas)."""
+    return tuple(f".{fmt}" for fmt in FigureCanvasAgg.get_supported_filetypes())
+
+
 def save_qa(
     path: str | Path,
     fixed: Image,

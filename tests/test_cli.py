@@ -175,3 +175,21 @@ def test_train_patient_refuses_a_2d_image(slice_file, tmp_path):
     assert result.exit_code == 2 and "needs a 3D MRI" in one_error_line(result)
     half = run("train", "patient", str(slice_file), "--out", str(tmp_path / "m.pt"), "--gm", str(slice_file))
     assert half.exit_code == 2 and "--gm and --wm" in one_error_line(half)
+
+
+@pytest.mark.parametrize(
+    "option, name, words",
+    [
+        ("--out", "T.xyz", "ITK text transform"),
+        ("--resampled", "R.xyz", "3D image format"),
+        ("--resampled", "R.png", "3D image format"),  # 8-bit PNG holds 2D slices only
+        ("--qa", "qa.xyz", "figure format"),
+    ],
+)
+def test_unknown_output_format_is_refused_before_work(t1_file, tmp_path, option, name, words):
+    out = tmp_path / "out"
+    paths = {"--out": out / "T.tfm", option: out / name}
+    args = [a for key, path in paths.items() for a in (key, str(path))]
+    result = run("register", str(t1_file), str(t1_file), *args)
+    assert result.exit_code == 2 and words in one_error_line(result)
+    assert not out.exists() or list(out.iterdir()) == []

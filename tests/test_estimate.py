@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crossreg.errors import RegistrationFailed
-from crossreg.estimate import Estimate, RansacConfig, estimate, fit
+from crossreg.estimate import Estimate, RansacConfig, determination, estimate, fit
 from crossreg.transform import AffineTransform
 
 EXTENT_MM = 100.0
@@ -265,3 +265,38 @@ def test_batched_fit_on_cuda_equals_cpu():
         expected = fit(src, dst, model)
         torch.testing.assert_close(matrix.cpu(), expected[0])
         torch.testing.assert_close(translation.cpu(), expected[1])
+
+
+def _grid_region(half_mm: float, step_mm: float = 4.0) -> np.ndarray:
+    axis = np.arange(-half_mm, half_mm + 1e-9, step_mm)
+    return np.stack(np.meshgrid(axis, axis, indexing="ij"), axis=-1).reshape(-1, 2)
+
+
+def test_determination_is_high_for_spread_inliers_and_low_for_a_strip():
+    rng = np.random.default_rng(0)
+    region = _grid_region(60.0)
+    spread = rng.uniform(-50, 50, (30, 2))
+    strip = np.column_stack([rng.uniform(-10, 10, 11), rng.uniform(-2, 2, 11)])
+    assert determination(spread, region) > 0.99
+    # 11 inliers in a 20 x 4 mm strip leave the rotation loose 60 mm away: worse than one match.
+    assert determination(strip, region) < 0.5
+    assert determination(strip, region) < determination(strip, _grid_region(10.0))
+
+
+def test_determination_matches_the_error_of_noisy_fits():
+    # Monte Carlo: fit rigid transforms to noisy copies of the inliers; the fraction whose RMS error
+    # over the region is below one match's RMS error is close to the closed form (same Gaussian model).
+    rng = np.random.default_rng(1)
+    inliers, region = rng.uniform(-15, 15, (8, 3)), rng.uniform(-60, 60, (400, 3))
+    sigma, below = 1.0, []
+    for _ in range(400):
+        noisy = inliers + rng.normal(0, sigma, inliers.shape)
+        matrix, translation = fit(inliers, noisy, "rigid")
+        moved = region @ matrix.numpy().T + translation.numpy()
+        error_sq = ((moved - region) ** 2).sum(axis=1).mean()
+        below.append(error_sq < 3 * sigma**2)
+    assert abs(np.mean(below) - determination(inliers, region)) < 0.08
+
+
+def test_determination_needs_two_inliers():
+    assert determination(np.zeros((1, 3)), np.ones((5, 3))) == 0.0

@@ -1,9 +1,11 @@
 import gzip
+import struct
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from crossreg.datasets import mni152_path
 from crossreg.errors import ImageReadError, InvalidImageError, OutputWriteError
 from crossreg.imageio import load, save, to_sitk
 
@@ -116,3 +118,34 @@ def test_save_to_unwritable_place(t1_2mm, tmp_path):
     blocker.write_text("x")
     with pytest.raises(OutputWriteError):
         save(t1_2mm, blocker / "out.nii.gz")
+
+
+def _damaged_nifti(tmp_path, at: int, value: bytes):
+    """The 2 mm T1 uncompressed, with ``value`` written at byte ``at`` of its header."""
+    raw = bytearray(gzip.decompress(mni152_path("t1", 2).read_bytes()))
+    raw[at : at + len(value)] = value
+    path = tmp_path / "damaged.nii"
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    "at, value, error, message",
+    [
+        # ITK reads each of these without an error, as a different image than the file meant:
+        (344, b"xyz\0", ImageReadError, "magic bytes"),  # as Analyze 7.5, in another orientation
+        (0, struct.pack("<i", 999), ImageReadError, "header size field"),
+        (80, struct.pack("<f", 0.0), InvalidImageError, "voxel size"),  # pixdim[1] = 0 read as 1 mm
+        (80, struct.pack("<f", float("nan")), InvalidImageError, "voxel size"),
+        (284, struct.pack("<f", 1.0), InvalidImageError, "sheared"),  # srow_x[1]: shear rotated away
+        (108, struct.pack("<f", float("nan")), ImageReadError, "offset"),  # vox_offset
+    ],
+)
+def test_damaged_nifti_header_is_refused(tmp_path, at, value, error, message):
+    with pytest.raises(error, match=message):
+        load(_damaged_nifti(tmp_path, at, value))
+
+
+def test_undamaged_nifti_header_still_loads(tmp_path, t1_2mm):
+    same = _damaged_nifti(tmp_path, 344, b"n+1\0")
+    np.testing.assert_array_equal(load(same).array, t1_2mm.array)

@@ -140,6 +140,12 @@ def test_landmarks_csv_2d(tmp_path):
     np.testing.assert_array_equal(read_landmarks_csv(path), [[1.5, -2.0]])
 
 
+def test_landmarks_csv_with_byte_order_mark(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_text("x,y,z\n1,2,3\n", encoding="utf-8-sig")  # what spreadsheets save as "CSV UTF-8"
+    np.testing.assert_array_equal(read_landmarks_csv(path), [[1, 2, 3]])
+
+
 def test_landmarks_fcsv_ras_is_converted_to_lps(tmp_path):
     path = tmp_path / "lm.fcsv"
     path.write_text(
@@ -239,6 +245,12 @@ def test_markups_json_micrometres_are_converted(tmp_path):
             "'p' has no defined",
         ),
         ('{"markups": [{"coordinateSystem": "XYZ", "controlPoints": [{"position": [1, 2, 3]}]}]}', "'XYZ'"),
+        (
+            '{"markups": [{"controlPoints": [{"label": "n", "position": [NaN, 2, 3]}]}]}',
+            "'n' has no defined, finite",
+        ),
+        ('{"markups": [{"controlPoints": [{"label": "i", "position": [1, Infinity, 3]}]}]}', "'i' has no"),
+        ('{"markups": [{"controlPoints": [{"label": "h", "position": [1, 2, 1' + "0" * 400 + "]}]}]}", "'h'"),
     ],
 )
 def test_malformed_markups_json_raises(tmp_path, text, message):

@@ -17,4 +17,9 @@ app = typer.Typer(
 
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log diagnostics.")] = False) -> None:
+    import SimpleITK as sitk
+
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
+    # ITK's reader warnings are C++ diagnostics that would break the one-line error promise; the
+    # conditions that matter are checked and reported by crossreg.imageio itself.
+    sitk.ProcessObject.SetGlobalWarningDisplay(verbose)

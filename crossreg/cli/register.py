@@ -63,16 +63,20 @@ def register(
     """Register MOVING to FIXED with no manual initialisation; write the fixed->moving transform."""
     from dataclasses import replace
 
-    from crossreg.imageio import load
-    from crossreg.outputs import check_outputs
+    from crossreg.imageio import SAVE_SUFFIXES, load
+    from crossreg.outputs import check_outputs, check_suffix
     from crossreg.register import RegisterConfig
     from crossreg.register import register as run_register
     from crossreg.result import Result
+    from crossreg.viz import qa_suffixes
 
     planned = [out, resampled, qa, matches, *(Result.companion_paths(matches) if matches else [])]
     check_outputs(planned, force)
+    check_suffix(out, (".tfm", ".txt"), "ITK text transform")
+    check_suffix(qa, qa_suffixes(), "figure")
     check_device(device)
     fixed_img, moving_img = load(fixed), load(moving)
+    check_suffix(resampled, SAVE_SUFFIXES[fixed_img.ndim], f"{fixed_img.ndim}D image")
     weights_path = None if weights is None else str(weights)
     config = RegisterConfig(model.value, features.value, weights_path, device=device, seed=seed)
     if not refine:
