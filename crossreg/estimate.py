@@ -16,7 +16,10 @@ n_inliers - k])``, with ``H`` the number of hypotheses tried (a Bonferroni bound
 one minus an upper bound on the chance that random matches would have produced this many inliers.
 It is near 1 when the inliers cannot be chance and 0 when they are as many as chance gives; it does
 not measure accuracy (see ``rmse_mm``) and is optimistic when wrong matches are not spread at random
-(repeated structures).
+(repeated structures). Dense matching makes wrong matches of neighbouring points agree with each other
+(their descriptors overlap), so with ``independence_mm`` > 0 matches and inliers are counted as the
+number of cells of that size they occupy (the fewer of the src and dst counts): a patch of agreeing
+neighbours is one piece of evidence, not dozens.
 
 Determination. Inliers that are not chance can still leave the transform loose where it matters: a
 few matches in a strip or a blob fix the rotation poorly, and the error grows with the distance from
@@ -59,6 +62,8 @@ class RansacConfig:
     min_inliers: fewer inliers than this is a failure (:class:`RegistrationFailed`).
     refine_iterations: local-optimisation rounds (re-fit on all inliers, re-score).
     chunk: hypotheses fitted and scored together; memory ~ ``chunk x M x d`` float64.
+    independence_mm: matches closer than this are counted as one in the confidence (module docstring);
+    0 counts every match.
     """
 
     threshold_mm: float = 4.0
@@ -66,6 +71,7 @@ class RansacConfig:
     min_inliers: int = 8
     refine_iterations: int = 5
     chunk: int = 500
+    independence_mm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.threshold_mm <= 0:
@@ -184,7 +190,11 @@ def estimate(
         raise RegistrationFailed(_too_few(n, config.min_inliers, "inlier matches", model))
     rmse = float(_squared_residuals(src, dst, matrix, translation)[inliers].mean().sqrt())
     p_null = _chance_inlier_probability(dst, config.threshold_mm)
-    confidence = _confidence(n, src.shape[0], k, p_null, config.iterations + config.refine_iterations)
+    n_eff, m_eff = n, src.shape[0]
+    if config.independence_mm > 0:
+        n_eff = _cells(src[inliers], dst[inliers], config.independence_mm)
+        m_eff = _cells(src, dst, config.independence_mm)
+    confidence = _confidence(n_eff, m_eff, k, p_null, config.iterations + config.refine_iterations)
     logger.debug(
         "estimate %s: %d/%d inliers, rmse %.3f mm, confidence %.3f", model, n, len(src), rmse, confidence
     )
@@ -306,6 +316,11 @@ def _chance_inlier_probability(dst: torch.Tensor, threshold_mm: float) -> float:
     extent = (12.0 * variances).sqrt().clamp_min(2.0 * threshold_mm)
     ball = math.pi ** (d / 2) / math.gamma(d / 2 + 1) * threshold_mm**d
     return min(1.0, ball / float(extent.prod()))
+
+
+def _cells(src: torch.Tensor, dst: torch.Tensor, size_mm: float) -> int:
+    """How many cells of side ``size_mm`` the points ``(M, d)`` occupy: the fewer of src and dst."""
+    return min(len(torch.unique(torch.floor(p / size_mm), dim=0)) for p in (src, dst))
 
 
 def _confidence(n_inliers: int, n_matches: int, k: int, p_null: float, n_hypotheses: int) -> float:

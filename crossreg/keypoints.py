@@ -140,20 +140,25 @@ def detect_keypoints(
     points = image.grid.index_to_world(index_zyx.numpy()[:, ::-1])
     scores = scores[chosen].float()
     if len(points) < config.min_keypoints:
-        grid = _grid_points(image, region, config)
+        grid = grid_points(
+            image, region, config.grid_border_mm, config.grid_spacing_mm, config.max_grid_points
+        )
         points = np.concatenate([points, grid])
         scores = torch.cat([scores, torch.zeros(len(grid))])
     return Keypoints(torch.from_numpy(points).float(), scores)
 
 
-def _grid_points(image: Image, region: np.ndarray, config: KeypointConfig) -> np.ndarray:
-    """World points ``(G, d)`` of a regular grid inside ``region`` eroded by ``grid_border_mm``."""
+def grid_points(
+    image: Image, region: np.ndarray, border_mm: float, spacing_mm: float, max_points: int
+) -> np.ndarray:
+    """World points ``(G, d)`` of a regular grid of ``image``'s voxels inside the bool array ``region``
+    eroded by ``border_mm``, every ``spacing_mm`` or coarser so that there are at most ~``max_points``."""
     spacing_zyx = np.asarray(image.spacing_mm[::-1], float)
     inside = _erode(
-        torch.from_numpy(np.ascontiguousarray(region)), _radius_vox(config.grid_border_mm, spacing_zyx)
+        torch.from_numpy(np.ascontiguousarray(region)), _radius_vox(border_mm, spacing_zyx)
     ).numpy()
     volume_mm = inside.sum() * float(np.prod(spacing_zyx))
-    step_mm = max(config.grid_spacing_mm, (volume_mm / max(config.max_grid_points, 1)) ** (1 / image.ndim))
+    step_mm = max(spacing_mm, (volume_mm / max(max_points, 1)) ** (1 / image.ndim))
     stride = tuple(max(1, int(np.ceil(step_mm / s - 1e-6))) for s in spacing_zyx)
     picked = np.argwhere(inside[tuple(slice(None, None, k) for k in stride)]) * np.asarray(stride)
     return image.grid.index_to_world(picked[:, ::-1].astype(float))

@@ -9,19 +9,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
 import torch
 
-from crossreg.errors import CrossregError, DimensionMismatchError, NoOverlapError
-from crossreg.estimate import RansacConfig, estimate
+from crossreg.errors import CrossregError, DimensionMismatchError, NoOverlapError, RegistrationFailed
+from crossreg.estimate import RansacConfig, determination, estimate
 from crossreg.features.crosskey import DescriptorNet, describe_crosskey, load_model
 from crossreg.features.mind import MindConfig, dense_mind, describe_mind
-from crossreg.image import Image
-from crossreg.keypoints import KeypointConfig, Keypoints, detect_keypoints
-from crossreg.matching import MatchConfig, match
+from crossreg.image import Image, fov_mask
+from crossreg.keypoints import KeypointConfig, Keypoints, detect_keypoints, grid_points
+from crossreg.matching import MatchConfig, Matches, match
 from crossreg.refine import RefineConfig, refine
 from crossreg.resample import resample, working_image
 from crossreg.result import Result
@@ -35,11 +35,38 @@ WORKING_SIZE = {3: 96, 2: 192}
 
 
 @dataclass(frozen=True)
+class DenseConfig:
+    """Dense matching (UAE-style), no keypoint detection: the image with the larger field of view is
+    described at a grid of candidates every ``spacing_mm`` of its FOV, the smaller at a grid of queries
+    every ``query_spacing_mm`` (coarser where there would be over ``max_queries``); both grids keep
+    ``border_mm`` inside the FOV. Each query takes its nearest candidate
+    (no ratio or mutual test: in a small cone most points are ambiguous, and RANSAC with
+    ``ransac_iterations`` hypotheses, not a test, sorts the few right matches from the rest). Nothing
+    needs to be re-detected in both images. Neighbouring queries see overlapping anatomy, so their
+    wrong matches agree: RANSAC's confidence counts matches within ``independence_mm`` as one. Every
+    query is matched, so the inliers are the share of the smaller image the transform explains: under
+    ``min_inlier_fraction`` it is refused (two unrelated skin surfaces can agree on a few dozen)."""
+
+    spacing_mm: float = 2.0
+    query_spacing_mm: float = 3.0
+    max_queries: int = 1500
+    border_mm: float = 2.0
+    ransac_iterations: int = 20000
+    independence_mm: float = 8.0
+    min_inlier_fraction: float = 0.05
+
+
+@dataclass(frozen=True)
 class RegisterConfig:
     """Everything that determines a registration (with the seed).
 
     features: ``mind`` (MIND-SSC, hand-crafted, any modality pair) or ``crosskey`` (learned descriptors
     for MRI/ultrasound, from ``weights``: a file of ``crossreg train``, or the shipped general model).
+    dense: dense matching (:class:`DenseConfig`), or None: ``keypoints`` on both sides, mutual-NN +
+    ratio ``matching`` (CrossKEY's sparse way; precise where both images show the same anatomy, blind
+    where the small image's keypoints do not recur in the large one). ``auto``: dense for crosskey,
+    whose descriptors are trained for it, sparse for MIND-SSC (measured in docs/benchmarks.md).
+    min_confidence: a transform less confident than this (docs/reliability.md) is a failure.
     """
 
     model: Model = "rigid"
@@ -47,12 +74,20 @@ class RegisterConfig:
     weights: str | None = None
     working_spacing_mm: float | None = None
     keypoints: KeypointConfig = field(default_factory=KeypointConfig)
+    dense: DenseConfig | Literal["auto"] | None = "auto"
     mind: MindConfig = field(default_factory=MindConfig)
     matching: MatchConfig = field(default_factory=MatchConfig)
     ransac: RansacConfig = field(default_factory=RansacConfig)
     refine: RefineConfig | None = field(default_factory=RefineConfig)
+    min_confidence: float = 0.5
     device: str = "cpu"
     seed: int = 0
+
+    def dense_matching(self) -> DenseConfig | None:
+        """The dense matching settings in force (``auto`` resolved), None for sparse matching."""
+        if self.dense == "auto":
+            return DenseConfig() if self.features == "crosskey" else None
+        return self.dense
 
 
 def working_spacing(fixed: Image, moving: Image, config: RegisterConfig) -> float:
@@ -74,10 +109,19 @@ class _Side:
 
 
 def _prepare(
-    image: Image, spacing_mm: float, config: RegisterConfig, seed: int, net: DescriptorNet | None
+    work: Image, config: RegisterConfig, seed: int, net: DescriptorNet | None, role: str | None
 ) -> _Side:
-    work = working_image(image, spacing_mm)
-    kps = detect_keypoints(work, config.keypoints, seed=seed)
+    """Keypoints of a working image, or its dense ``candidates`` or ``queries`` grid, and descriptors."""
+    d = config.dense_matching()
+    if role is not None and d is not None:
+        region = work.valid_mask() & fov_mask(work)
+        if role == "candidates":
+            points = grid_points(work, region, d.border_mm, d.spacing_mm, 10**7)
+        else:
+            points = grid_points(work, region, d.border_mm, d.query_spacing_mm, d.max_queries)
+        kps = Keypoints(torch.from_numpy(points).float(), torch.zeros(len(points)))
+    else:
+        kps = detect_keypoints(work, config.keypoints, seed=seed)
     if net is not None:
         return _Side(work, kps, describe_crosskey(net, work, kps.points_mm))
     dense = dense_mind(work, config.mind).to(config.device)
@@ -124,17 +168,40 @@ def register(
     net = _network(config, fixed.ndim)
     spacing = working_spacing(fixed, moving, config)
     stage(f"keypoints and {config.features} descriptors on {spacing:.2g} mm grids")
-    f_side = _prepare(fixed, spacing, config, config.seed, net)
-    m_side = _prepare(moving, spacing, config, config.seed + 1, net)
+    f_work, m_work = working_image(fixed, spacing), working_image(moving, spacing)
+    roles = (
+        ("candidates", "queries") if _fov_volume(f_work) >= _fov_volume(m_work) else ("queries", "candidates")
+    )
+    dense = config.dense_matching()
+    if dense is None:
+        roles = (None, None)
+    f_side = _prepare(f_work, config, config.seed, net, roles[0])
+    m_side = _prepare(m_work, config, config.seed + 1, net, roles[1])
     lap("features")
-    stage(f"matching {len(f_side.keypoints)} x {len(m_side.keypoints)} keypoints")
-    matches = match(f_side.descriptors, m_side.descriptors, config.matching)
+    stage(f"matching {len(f_side.keypoints)} x {len(m_side.keypoints)} points")
+    matches = _match(f_side, m_side, config, roles[0] == "candidates")
     f_pts = f_side.keypoints.points_mm[matches.i0.cpu()].double()
     m_pts = m_side.keypoints.points_mm[matches.i1.cpu()].double()
     lap("matching")
     stage(f"RANSAC ({config.model}) on {len(matches)} matches")
-    found = estimate(f_pts, m_pts, config.model, config.ransac, seed=config.seed)
-    _check_overlap(f_side.work, m_side.work, found.transform)
+    ransac = config.ransac
+    if dense is not None:
+        ransac = replace(ransac, iterations=dense.ransac_iterations, independence_mm=dense.independence_mm)
+    found = estimate(f_pts, m_pts, config.model, ransac, seed=config.seed)
+    overlap = _check_overlap(f_side.work, m_side.work, found.transform)
+    region_mm = f_side.work.grid.index_to_world(np.argwhere(overlap)[:, ::-1].astype(float))
+    confidence = found.confidence * determination(f_pts[found.inliers.cpu()], region_mm)
+    if dense is not None and found.n_inliers < dense.min_inlier_fraction * len(matches):
+        raise RegistrationFailed(
+            f"only {found.n_inliers} of {len(matches)} dense matches agree on a transform "
+            f"(< {100 * dense.min_inlier_fraction:g}%): the images probably show no common anatomy"
+        )
+    if confidence < config.min_confidence:
+        raise RegistrationFailed(
+            f"{found.n_inliers} of {len(matches)} matches agree on a transform, but they could be chance "
+            f"or leave it loose (confidence {confidence:.2f} < {config.min_confidence:g}): no transform "
+            "written; check that the images overlap, or lower --min-confidence to see the guess"
+        )
     lap("ransac")
     transform = found.transform
     if config.refine is not None:
@@ -149,12 +216,29 @@ def register(
         fixed_points_mm=f_pts.numpy(),
         moving_points_mm=m_pts.numpy(),
         inliers=found.inliers.cpu().numpy(),
-        confidence=found.confidence,
+        confidence=confidence,
         rmse_mm=found.rmse_mm,
         timings_s=timings,
         fixed=fixed,
         moving=moving,
     )
+
+
+def _fov_volume(work: Image) -> float:
+    """Volume (mm^3, or mm^2 in 2D) of a working image's field of view."""
+    return float((work.valid_mask() & fov_mask(work)).sum() * np.prod(work.spacing_mm))
+
+
+def _match(f_side: _Side, m_side: _Side, config: RegisterConfig, dense_fixed: bool) -> Matches:
+    """Matches fixed -> moving; dense: each query takes its nearest candidate."""
+    if config.dense_matching() is None:
+        return match(f_side.descriptors, m_side.descriptors, config.matching)
+    query, dense = (m_side, f_side) if dense_fixed else (f_side, m_side)
+    found = match(query.descriptors, dense.descriptors, MatchConfig(max_ratio=1.0, mutual=False))
+    if not dense_fixed:
+        return found
+    order = torch.argsort(found.i1)
+    return Matches(found.i1[order], found.i0[order], found.distance[order], found.ratio[order])
 
 
 def _kept_refinement(
@@ -174,13 +258,16 @@ def _kept_refinement(
     return refined
 
 
-def _check_overlap(fixed_work: Image, moving_work: Image, transform: AffineTransform) -> float:
-    """Fraction of the fixed field of view that lands inside the moving one; raises if (almost) none."""
+def _check_overlap(fixed_work: Image, moving_work: Image, transform: AffineTransform) -> np.ndarray:
+    """Mask of the fixed working grid's voxels in both fields of view; raises if (almost) none."""
     landed = resample(moving_work, fixed_work.grid, transform).mask & fixed_work.valid_mask()
-    fraction = landed.sum() / max(fixed_work.valid_mask().sum(), 1)
+    # A share of the smaller FOV: a small cone inside a whole-brain MRI overlaps fully. Both working
+    # grids share a spacing, so voxel counts compare.
+    smaller = min(fixed_work.valid_mask().sum(), moving_work.valid_mask().sum())
+    fraction = landed.sum() / max(smaller, 1)
     if fraction < 0.01:
         raise NoOverlapError(
-            f"the matched transform leaves only {100 * fraction:.1f}% of the fixed field of view inside the "
-            "moving image: the images do not overlap"
+            f"the matched transform overlaps only {100 * fraction:.1f}% of the smaller field of view: "
+            "the images do not overlap"
         )
-    return float(fraction)
+    return landed

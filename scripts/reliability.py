@@ -254,6 +254,18 @@ CASES = (
     Case("constant image", "40^3 voxels all 100", constant),
     Case("NaN/Inf voxels", "the T1 as float with one NaN and one Inf", nan_voxels),
     Case("non-overlapping pair", "top 30 slices vs bottom 30 slices of the head", non_overlapping, 3),
+    Case(
+        "non-overlapping pair, dense",
+        "the same with `--matching dense` (MIND-SSC)",
+        lambda folder: [*non_overlapping(folder), "--matching", "dense"],
+        3,
+    ),
+    Case(
+        "non-overlapping pair, CrossKEY",
+        "the same with `--features crosskey` (shipped model, dense)",
+        lambda folder: [*non_overlapping(folder), "--features", "crosskey"],
+        3,
+    ),
     Case("zero voxel size", "NIfTI pixdim[1] = 0 (ITK would read 1 mm)", zero_spacing),
     Case("absurd spacing", "NRRD with 100 m voxels", absurd_spacing),
     Case("sheared NIfTI", "sform with a shear (ITK would rotate it into another orientation)", sheared_nifti),

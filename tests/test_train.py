@@ -11,7 +11,7 @@ from crossreg.keypoints import KeypointConfig
 from crossreg.synth.geometry import extract_slice
 from crossreg.train.data import PairConfig, make_pair
 from crossreg.train.loop import TrainConfig, train
-from crossreg.train.losses import LossConfig, curriculum_infonce, curriculum_triplet
+from crossreg.train.losses import LossConfig, bank_infonce, curriculum_infonce, curriculum_triplet
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +28,16 @@ PAIRS_2D = PairConfig(
     curriculum_pairs=8,
     n_uniform=32,
     keypoints=KeypointConfig(sampling="probabilistic", border_mm=4.0, max_keypoints=32, min_keypoints=0),
+    n_bank=256,
 )
+NET_2D = CrossKeyConfig(ndim=2, channels=(4, 8), out_dim=8, hidden=16)
 
 
 def test_pairs_are_reproducible_and_inside_both_images(sources_2d):
-    a, b = make_pair(sources_2d, PAIRS_2D, 5, seed=1), make_pair(sources_2d, PAIRS_2D, 5, seed=1)
+    a, b = (
+        make_pair(sources_2d, PAIRS_2D, NET_2D, 5, seed=1),
+        make_pair(sources_2d, PAIRS_2D, NET_2D, 5, seed=1),
+    )
     assert torch.equal(a.moving_input, b.moving_input) and torch.equal(a.fixed_coords, b.fixed_coords)
     assert (
         len(a.fixed_coords) >= 20 and a.fixed_coords.abs().max() <= 1.0 and a.moving_coords.abs().max() <= 1.0
@@ -43,7 +48,24 @@ def test_pairs_are_reproducible_and_inside_both_images(sources_2d):
     where = a.moving_coords.reshape(1, -1, *[1] * (d - 1), d)
     inside = torch.nn.functional.grid_sample(mask[None, None], where, align_corners=True).flatten()
     assert (inside > 0.5).float().mean() > 0.95
-    assert not torch.equal(a.moving_input, make_pair(sources_2d, PAIRS_2D, 6, seed=1).moving_input)
+    assert not torch.equal(a.moving_input, make_pair(sources_2d, PAIRS_2D, NET_2D, 6, seed=1).moving_input)
+
+
+def test_pairs_carry_mind_channels_and_a_bank_over_the_mri(sources_2d):
+    pair = make_pair(sources_2d, PAIRS_2D, NET_2D, 5, seed=1)
+    assert pair.fixed_input.shape[1] == pair.moving_input.shape[1] == NET_2D.in_channels == 10
+    mask = pair.moving_input[0, 1]
+    assert pair.moving_input[0, 2:, mask == 0].abs().max() == 0  # MIND is zero outside the cone
+    assert pair.moving_input[0, 2:, mask > 0].abs().max() > 0
+    # The bank spreads over the MRI's signal, far beyond the cone's points.
+    assert pair.bank_coords.shape == (256, 2) and pair.bank_coords.abs().max() <= 1.0
+    d = 2
+    where = pair.bank_coords.reshape(1, -1, *[1] * (d - 1), d)
+    fixed_mask = pair.fixed_input[0, 1]
+    inside = torch.nn.functional.grid_sample(fixed_mask[None, None], where, align_corners=True).flatten()
+    assert (inside > 0.5).float().mean() > 0.95
+    spread = pair.bank_mm.std(dim=0).min()
+    assert spread > 2 * pair.positions_mm.std(dim=0).min()
 
 
 def test_losses_rank_the_true_partner():
@@ -60,6 +82,16 @@ def test_losses_rank_the_true_partner():
             random, noisy.roll(1, 0), positions, hardness, LossConfig(kind="triplet"), g
         )
         assert t_good < t_bad
+        bank = torch.nn.functional.normalize(torch.randn(128, 16, generator=g), dim=1)
+        bank_mm = torch.rand(128, 3, generator=g) * 100.0
+        b_good, b_stats = bank_infonce(random, noisy, positions, bank, bank_mm, hardness)
+        b_bad, _ = bank_infonce(random, noisy.roll(1, 0), positions, bank, bank_mm, hardness)
+        assert b_good < b_bad and b_stats["accuracy"] == 1.0 and b_stats["within_3mm"] == 1.0
+        # A bank descriptor equal to the query, far from its partner, is a negative that must cost.
+        decoy = bank.clone()
+        decoy[:64] = noisy
+        b_decoy, _ = bank_infonce(random, noisy, positions, decoy, bank_mm + 500.0, hardness)
+        assert b_decoy > b_good + 0.5
 
 
 def test_resume_continues_exactly(sources_2d, tmp_path):
@@ -68,7 +100,7 @@ def test_resume_continues_exactly(sources_2d, tmp_path):
         pairs_per_step=2,
         log_every=1,
         checkpoint_every=2,
-        network=CrossKeyConfig(ndim=2, channels=(4, 8), out_dim=8, hidden=16),
+        network=NET_2D,
         pairs=PAIRS_2D,
     )
     import shutil

@@ -17,6 +17,12 @@ class FeatureChoice(str, Enum):
     crosskey = "crosskey"
 
 
+class MatchingChoice(str, Enum):
+    auto = "auto"
+    dense = "dense"
+    sparse = "sparse"
+
+
 class ModelChoice(str, Enum):
     rigid = "rigid"
     similarity = "similarity"
@@ -55,7 +61,17 @@ def register(
         Path | None,
         typer.Option(help="CrossKEY model file from `crossreg train` (default: the shipped one)."),
     ] = None,
+    matching: Annotated[
+        MatchingChoice,
+        typer.Option(
+            help="dense: a grid over the smaller image (e.g. an ultrasound cone) against a grid over the "
+            "larger; sparse: keypoints on both; auto: dense for crosskey, sparse for mind."
+        ),
+    ] = MatchingChoice.auto,
     refine: Annotated[bool, typer.Option(help="Intensity refinement (MIND-SSD) after RANSAC.")] = True,
+    min_confidence: Annotated[
+        float, typer.Option(help="Refuse (exit 3) a transform less confident than this (0..1).")
+    ] = 0.5,
     device: Annotated[str, typer.Option(help="Torch device: cpu or cuda.")] = "cpu",
     seed: Annotated[int, typer.Option(help="Seed for keypoint sampling and RANSAC.")] = 0,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing outputs.")] = False,
@@ -65,7 +81,7 @@ def register(
 
     from crossreg.imageio import SAVE_SUFFIXES, load
     from crossreg.outputs import check_outputs, check_suffix
-    from crossreg.register import RegisterConfig
+    from crossreg.register import DenseConfig, RegisterConfig
     from crossreg.register import register as run_register
     from crossreg.result import Result
     from crossreg.viz import qa_suffixes
@@ -78,7 +94,16 @@ def register(
     fixed_img, moving_img = load(fixed), load(moving)
     check_suffix(resampled, SAVE_SUFFIXES[fixed_img.ndim], f"{fixed_img.ndim}D image")
     weights_path = None if weights is None else str(weights)
-    config = RegisterConfig(model.value, features.value, weights_path, device=device, seed=seed)
+    dense = {"auto": "auto", "dense": DenseConfig(), "sparse": None}[matching.value]
+    config = RegisterConfig(
+        model.value,
+        features.value,
+        weights_path,
+        dense=dense,
+        min_confidence=min_confidence,
+        device=device,
+        seed=seed,
+    )
     if not refine:
         config = replace(config, refine=None)
     with console.status("registering") as status:

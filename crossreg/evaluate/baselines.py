@@ -25,7 +25,7 @@ from crossreg.errors import NoOverlapError, RegistrationFailed
 from crossreg.features.crosskey import default_weights_path
 from crossreg.image import Image, fov_mask
 from crossreg.imageio import to_sitk
-from crossreg.register import RegisterConfig, register
+from crossreg.register import DenseConfig, RegisterConfig, register
 from crossreg.transform import AffineTransform, from_sitk, read_transform
 
 
@@ -277,13 +277,15 @@ def _euler_from_elastix(pmap) -> AffineTransform:
 
 
 def default_methods(device: str = "cpu", weights: str | None = None) -> list[Method]:
-    """identity; crossreg with MIND-SSC and with CrossKEY descriptors (``weights``: a model file, None
-    for the shipped one), each with and without refinement; SimpleITK, ANTsPy and elastix rigid."""
+    """identity; crossreg with MIND-SSC (sparse, and dense matching) and with CrossKEY descriptors
+    (``weights``: a model file, None for the shipped one), with and without refinement; SimpleITK,
+    ANTsPy and elastix rigid."""
     crosskey = RegisterConfig(features="crosskey", weights=weights, device=device)
     return [
         Method("identity", identity),
         crossreg_method("crossreg", RegisterConfig(device=device)),
         crossreg_method("crossreg-norefine", RegisterConfig(device=device, refine=None)),
+        crossreg_method("crossreg-dense", RegisterConfig(device=device, dense=DenseConfig())),
         crossreg_method("crosskey", crosskey),
         crossreg_method("crosskey-norefine", replace(crosskey, refine=None)),
         Method("simpleitk-mi", sitk_rigid),

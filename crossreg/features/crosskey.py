@@ -1,7 +1,8 @@
 """CrossKEY descriptors: a small dimension-generic CNN, run densely on a working grid, read at keypoints.
 
 The published CrossKEY describes 32^3 patches with a 3D ResNet. Here one fully convolutional encoder
-runs once over the whole working image (2 channels: normalised intensity and field-of-view mask), and
+runs once over the whole working image (normalised intensity, field-of-view mask and, by default, the
+dense MIND-SSC channels: a modality-independent start the network adds context to), and
 a keypoint's descriptor is read from every level of the encoder at its world position (trilinear, a
 "hypercolumn": fine levels for precise location, coarse levels for context), then mapped by a small
 MLP to an L2-normalised vector. Every keypoint then costs a lookup instead of a patch forward pass,
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossreg.errors import CrossregError
+from crossreg.features.mind import MindConfig, dense_mind
 from crossreg.image import Image
 from crossreg.outputs import atomic_write
 from crossreg.resample import grid_coords
@@ -37,12 +39,20 @@ class ModelLoadError(CrossregError):
 @dataclass(frozen=True)
 class CrossKeyConfig:
     """Architecture: ``channels`` per encoder level (each level halves the resolution after the
-    first), descriptor size ``out_dim``; ``ndim`` 2 or 3."""
+    first), descriptor size ``out_dim``; ``ndim`` 2 or 3; ``mind_input``: the encoder also reads the
+    dense MIND-SSC maps (default :class:`MindConfig`) besides intensity and mask."""
 
     ndim: int = 3
     channels: tuple[int, ...] = (16, 32, 48, 64)
     out_dim: int = 64
     hidden: int = 128
+    mind_input: bool = True
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels: intensity, mask and (``mind_input``) 12 (3D) or 4 (2D) per MIND dilation."""
+        per_dilation = 12 if self.ndim == 3 else 4
+        return 2 + (len(MindConfig().dilations_mm) * per_dilation if self.mind_input else 0)
 
     def __post_init__(self) -> None:
         if self.ndim not in (2, 3) or not self.channels or self.out_dim < 1:
@@ -63,21 +73,23 @@ def _block(ndim: int, c_in: int, c_out: int, stride: int) -> nn.Sequential:
 
 
 class DescriptorNet(nn.Module):
-    """Encoder ``(1, 2, *S) -> [(1, c_l, *S / 2^l)]``, hypercolumn head ``(N, sum c_l) -> (N, out_dim)``."""
+    """Encoder ``(1, in_channels, *S) -> [(1, c_l, *S / 2^l)]``, hypercolumn head
+    ``(N, sum c_l) -> (N, out_dim)``."""
 
     def __init__(self, config: CrossKeyConfig = CrossKeyConfig()) -> None:
         super().__init__()
         self.config = config
         c = config.channels
         self.levels = nn.ModuleList(
-            _block(config.ndim, 2 if i == 0 else c[i - 1], c[i], 1 if i == 0 else 2) for i in range(len(c))
+            _block(config.ndim, config.in_channels if i == 0 else c[i - 1], c[i], 1 if i == 0 else 2)
+            for i in range(len(c))
         )
         self.head = nn.Sequential(
             nn.Linear(sum(c), config.hidden), nn.LeakyReLU(0.1), nn.Linear(config.hidden, config.out_dim)
         )
 
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Every encoder level's output for input ``x`` ``(B, 2, *S)``."""
+        """Every encoder level's output for input ``x`` ``(B, in_channels, *S)``."""
         maps = []
         for level in self.levels:
             x = level(x)
@@ -98,11 +110,15 @@ class DescriptorNet(nn.Module):
         return F.normalize(self.head(torch.cat(columns, dim=1)), dim=1)
 
 
-def network_input(work: Image) -> torch.Tensor:
-    """``(1, 2, *work.shape)``: intensity (0 outside the mask) and mask of a working image."""
+def network_input(work: Image, config: CrossKeyConfig) -> torch.Tensor:
+    """``(1, config.in_channels, *work.shape)``: intensity (0 outside the mask), mask and, with
+    ``config.mind_input``, the dense MIND-SSC maps (0 outside the mask) of a working image."""
     mask = work.valid_mask()
     array = np.where(mask, work.array, 0.0).astype(np.float32)
-    return torch.from_numpy(np.stack([array, mask.astype(np.float32)]))[None]
+    inputs = torch.from_numpy(np.stack([array, mask.astype(np.float32)]))
+    if config.mind_input:
+        inputs = torch.cat([inputs, dense_mind(work) * inputs[1:2]])
+    return inputs[None]
 
 
 def describe_crosskey(net: DescriptorNet, work: Image, points_mm: torch.Tensor) -> torch.Tensor:
@@ -111,7 +127,7 @@ def describe_crosskey(net: DescriptorNet, work: Image, points_mm: torch.Tensor) 
     device = next(net.parameters()).device
     coords = torch.from_numpy(grid_coords(work.grid, points_mm.detach().cpu().double().numpy()))
     with torch.no_grad():
-        maps = net.feature_maps(network_input(work).to(device))
+        maps = net.feature_maps(network_input(work, net.config).to(device))
         return net.describe(maps, coords.to(device)).float()
 
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from crossreg.errors import CrossregError, EmptyRegionError
-from crossreg.features.crosskey import network_input
-from crossreg.image import Image
+from crossreg.features.crosskey import CrossKeyConfig, network_input
+from crossreg.image import Image, fov_mask
 from crossreg.keypoints import KeypointConfig, detect_keypoints
 from crossreg.resample import grid_coords, working_image
 from crossreg.synth.cases import make_case
@@ -40,6 +40,7 @@ class PairConfig:
     elastic_mm: largest displacement of a random warp of the source (new anatomies); 0 for none.
     keypoints: the detector on the ultrasound (``max_keypoints`` points per pair, drawn by saliency);
     n_uniform: points drawn uniformly in the cone besides (at least 1).
+    n_bank: MRI points drawn uniformly over its field of view, negatives for the ``bank`` loss.
     """
 
     working_spacing_mm: float = 2.0
@@ -49,7 +50,8 @@ class PairConfig:
     max_translation_mm: float = 15.0
     fixed_contrasts: tuple[str, ...] = ("t1",)
     elastic_mm: float = 0.0
-    n_uniform: int = 128
+    n_uniform: int = 256
+    n_bank: int = 4096
     keypoints: KeypointConfig = field(
         default_factory=lambda: KeypointConfig(
             sampling="probabilistic", border_mm=4.0, max_keypoints=192, min_keypoints=0
@@ -66,13 +68,16 @@ class PairConfig:
 class TrainingPair:
     """One example: network inputs ``(1, 2, *S)`` of the MRI and the ultrasound, grid_sample
     coordinates ``(N, d)`` of the N corresponding points in each, and their MRI world positions
-    ``(N, d)`` mm (for choosing negatives by distance)."""
+    ``(N, d)`` mm (for choosing negatives by distance); ``bank_coords`` ``(M, d)`` and ``bank_mm``
+    ``(M, d)``: more MRI points, drawn over its whole field of view."""
 
     fixed_input: torch.Tensor
     moving_input: torch.Tensor
     fixed_coords: torch.Tensor
     moving_coords: torch.Tensor
     positions_mm: torch.Tensor
+    bank_coords: torch.Tensor
+    bank_mm: torch.Tensor
 
 
 def _contrast(image: Image, tissues: dict[str, Image] | None, name: str, seed: int) -> Image:
@@ -83,19 +88,30 @@ def _contrast(image: Image, tissues: dict[str, Image] | None, name: str, seed: i
     return image
 
 
-def make_pair(sources: Sequence[Source], config: PairConfig, index: int, seed: int = 0) -> TrainingPair:
-    """Training pair number ``index`` of the stream seeded by ``seed``; a draw whose cone misses the
-    brain (no landmark fits) is drawn again from the next sub-seed."""
+def make_pair(
+    sources: Sequence[Source],
+    config: PairConfig,
+    network: CrossKeyConfig,
+    index: int,
+    seed: int = 0,
+) -> TrainingPair:
+    """Training pair number ``index`` of the stream seeded by ``seed``, with inputs for ``network``;
+    a draw whose cone misses the brain (no landmark fits) is drawn again from the next sub-seed."""
     for attempt in range(MAX_ATTEMPTS):
         try:
-            return _draw_pair(sources, config, np.random.SeedSequence([seed, index, attempt]), index)
+            entropy = np.random.SeedSequence([seed, index, attempt])
+            return _draw_pair(sources, config, entropy, index, network)
         except EmptyRegionError:  # the cone holds too little brain to put points in
             continue
     raise CrossregError(f"pair {index}: no usable ultrasound in {MAX_ATTEMPTS} draws; check the sources")
 
 
 def _draw_pair(
-    sources: Sequence[Source], config: PairConfig, entropy: np.random.SeedSequence, index: int
+    sources: Sequence[Source],
+    config: PairConfig,
+    entropy: np.random.SeedSequence,
+    index: int,
+    network: CrossKeyConfig,
 ) -> TrainingPair:
     rng = np.random.default_rng(entropy)
     image, tissues = sources[int(rng.integers(len(sources)))]
@@ -118,28 +134,45 @@ def _draw_pair(
     fixed_mm = case.true_transform.inverse().apply(moving_mm)
     inside = fixed.grid.contains(fixed_mm)
     fixed_mm, moving_mm = fixed_mm[inside], moving_mm[inside]
+    bank_mm = _bank(fixed, config.n_bank, rng)
     return TrainingPair(
-        network_input(fixed),
-        network_input(moving),
+        network_input(fixed, network),
+        network_input(moving, network),
         torch.from_numpy(grid_coords(fixed.grid, fixed_mm)).float(),
         torch.from_numpy(grid_coords(moving.grid, moving_mm)).float(),
         torch.from_numpy(fixed_mm).float(),
+        torch.from_numpy(grid_coords(fixed.grid, bank_mm)).float(),
+        torch.from_numpy(bank_mm).float(),
     )
+
+
+def _bank(work: Image, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n, d)`` world points drawn uniformly (voxel plus sub-voxel jitter) in a working image's FOV."""
+    voxels = np.argwhere(work.valid_mask() & fov_mask(work))
+    picked = voxels[rng.integers(len(voxels), size=n)] + rng.uniform(-0.5, 0.5, (n, work.ndim))
+    return work.grid.index_to_world(picked[:, ::-1])
 
 
 class PairStream(torch.utils.data.IterableDataset):
     """Endless pairs ``start, start + stride, ...`` (a DDP rank's share), split among DataLoader workers."""
 
     def __init__(
-        self, sources: Sequence[Source], config: PairConfig, seed: int, start: int = 0, stride: int = 1
+        self,
+        sources: Sequence[Source],
+        config: PairConfig,
+        network: CrossKeyConfig,
+        seed: int,
+        start: int = 0,
+        stride: int = 1,
     ) -> None:
         super().__init__()
         self.sources, self.config, self.seed, self.start, self.stride = sources, config, seed, start, stride
+        self.network = network
 
     def __iter__(self) -> Iterator[TrainingPair]:
         info = torch.utils.data.get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         index = self.start + worker * self.stride
         while True:
-            yield make_pair(self.sources, self.config, index, self.seed)
+            yield make_pair(self.sources, self.config, self.network, index, self.seed)
             index += n_workers * self.stride

@@ -82,8 +82,11 @@ def _pair_loss(
     moving_maps = net(pair.moving_input.to(device))
     desc_f = core.describe(fixed_maps, pair.fixed_coords.to(device))
     desc_m = core.describe(moving_maps, pair.moving_coords.to(device))
+    bank = None
+    if config.loss.kind == "bank":
+        bank = (core.describe(fixed_maps, pair.bank_coords.to(device)).float(), pair.bank_mm.to(device))
     return descriptor_loss(
-        desc_f.float(), desc_m.float(), pair.positions_mm.to(device), hardness, config.loss, generator
+        desc_f.float(), desc_m.float(), pair.positions_mm.to(device), hardness, config.loss, generator, bank
     )
 
 
@@ -129,7 +132,7 @@ def train(
             model, device_ids=[dev.index] if dev.type == "cuda" else None
         )
     first = (step * config.pairs_per_step) * world + rank
-    stream = PairStream(sources, config.pairs, config.seed, start=first, stride=world)
+    stream = PairStream(sources, config.pairs, config.network, config.seed, first, world)
     loader = torch.utils.data.DataLoader(
         stream, batch_size=None, num_workers=config.workers, persistent_workers=config.workers > 0
     )

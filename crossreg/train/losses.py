@@ -12,6 +12,11 @@ allowed points (hardest in the pair). Both directions (MRI -> ultrasound and bac
 similarities / ``temperature``. The same curriculum applies to which points count as negatives: at
 hardness 0 only points ``far_mm`` away, growing to every point ``min_negative_mm`` away at hardness 1
 (near anatomy, the hardest to tell apart, comes last). Both directions are used.
+
+**Bank InfoNCE** (the default). As registration with dense candidates does, each ultrasound point
+must pick its partner out of the MRI points *and* a bank of MRI points drawn over the whole brain, so
+the descriptors learn to be unique at brain scale, not only within a cone. The same curriculum decides
+which MRI points count as negatives.
 """
 
 from __future__ import annotations
@@ -24,18 +29,18 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class LossConfig:
-    """kind: ``infonce`` or ``triplet``. margin: triplet margin on Euclidean distances of unit
+    """kind: ``bank``, ``infonce`` or ``triplet``. margin: triplet margin on Euclidean distances of unit
     descriptors (0..2). temperature: InfoNCE softmax temperature. Lengths in mm."""
 
-    kind: str = "infonce"
+    kind: str = "bank"
     margin: float = 0.5
     temperature: float = 0.07
     min_negative_mm: float = 6.0
     far_mm: float = 20.0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("infonce", "triplet"):
-            raise ValueError(f"loss kind {self.kind!r}: use 'infonce' or 'triplet'")
+        if self.kind not in ("bank", "infonce", "triplet"):
+            raise ValueError(f"loss kind {self.kind!r}: use 'bank', 'infonce' or 'triplet'")
 
 
 def descriptor_loss(
@@ -45,9 +50,15 @@ def descriptor_loss(
     hardness: float,
     config: LossConfig = LossConfig(),
     generator: torch.Generator | None = None,
+    bank: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss ``config.kind`` of corresponding unit descriptors ``(N, D)`` (row i of each side is one
-    point, at MRI world position ``positions_mm[i]`` ``(N, d)``), and statistics."""
+    point, at MRI world position ``positions_mm[i]`` ``(N, d)``), and statistics. ``bank``: unit
+    descriptors ``(M, D)`` of more MRI points and their positions ``(M, d)`` (the ``bank`` loss)."""
+    if config.kind == "bank":
+        if bank is None:
+            raise ValueError("the bank loss needs a bank of MRI descriptors")
+        return bank_infonce(desc_fixed, desc_moving, positions_mm, *bank, hardness, config)
     if config.kind == "infonce":
         return curriculum_infonce(desc_fixed, desc_moving, positions_mm, hardness, config)
     return curriculum_triplet(desc_fixed, desc_moving, positions_mm, hardness, config, generator)
@@ -79,6 +90,40 @@ def curriculum_infonce(
             "positive": float(similarity.diagonal().mean()),
             "negative": float(negatives.nanmean()),
             "accuracy": float((logits.argmax(dim=1) == target).float().mean()),
+        }
+    return loss, stats
+
+
+def bank_infonce(
+    desc_fixed: torch.Tensor,
+    desc_moving: torch.Tensor,
+    positions_mm: torch.Tensor,
+    desc_bank: torch.Tensor,
+    bank_mm: torch.Tensor,
+    hardness: float,
+    config: LossConfig = LossConfig(),
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """InfoNCE of ultrasound descriptors ``(N, D)`` against their MRI partners ``(N, D)`` plus an MRI
+    bank ``(M, D)`` at ``bank_mm`` ``(M, d)`` (module docstring), and statistics: positive/negative
+    similarity, top-1 accuracy, and the fraction of points whose best candidate lies within 3 mm."""
+    candidates = torch.cat([desc_fixed, desc_bank])
+    where = torch.cat([positions_mm, bank_mm])
+    spatial = torch.cdist(positions_mm, where)
+    nearest_negative = config.far_mm - hardness * (config.far_mm - config.min_negative_mm)
+    target = torch.arange(len(desc_moving), device=desc_moving.device)
+    own = torch.zeros_like(spatial, dtype=torch.bool)
+    own[target, target] = True
+    excluded = (spatial <= nearest_negative) & ~own
+    similarity = desc_moving @ candidates.T
+    logits = (similarity / config.temperature).masked_fill(excluded, float("-inf"))
+    loss = F.cross_entropy(logits, target)
+    with torch.no_grad():
+        best = similarity.argmax(dim=1)
+        stats = {
+            "positive": float(similarity[target, target].mean()),
+            "negative": float(similarity.masked_fill(excluded | own, float("nan")).nanmean()),
+            "accuracy": float((logits.argmax(dim=1) == target).float().mean()),
+            "within_3mm": float((spatial[target, best] <= 3.0).float().mean()),
         }
     return loss, stats
 
