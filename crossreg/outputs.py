@@ -41,10 +41,18 @@ def check_suffix(path: str | Path | None, suffixes: Iterable[str], what: str) ->
         )
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it: put it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> None:
     """Call ``writer(tmp)`` on a temp file beside ``path`` (same suffixes), then rename it into place.
 
-    A failure or interruption leaves no partial file at ``path``.
+    A failure or interruption leaves no partial file at ``path``. The file gets the usual permissions
+    (0666 less the umask), not the temp file's private 0600.
     """
     path = Path(path)
     suffix = "".join(path.suffixes) or ".tmp"
@@ -57,6 +65,7 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> None:
     tmp = Path(tmp_name)
     try:
         writer(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as err:
         raise OutputWriteError(f"cannot write {path}: {err.strerror or err}") from None

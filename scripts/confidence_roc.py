@@ -8,8 +8,9 @@ Usage::
 
 ``collect`` runs crossreg (default configuration, MIND features, rigid) on the benchmark's synthetic
 cases (``crossreg bench --kinds us,t2,ct,random --n-per-kind 10``, seed 0: the same cases as
-docs/bench/*/results.json) with RANSAC's ``min_inliers`` lowered to the minimal sample, so that the cases
-the default refuses still give an answer whose quality signals can be judged. Per case it records the
+docs/bench/*/results.json) with RANSAC's ``min_inliers`` lowered to the minimal sample and the
+``min_confidence`` gate off, so that the cases the default refuses still give an answer whose quality
+signals can be judged. Per case it records the
 confidence, inlier and match counts, the inlier RMSE and the TRE, and whether the default would refuse.
 
 ``report`` draws docs/img/confidence_roc.png and writes the "Failure detection" section of
@@ -49,7 +50,7 @@ def run_case(case: BenchCase, seed: int = 0) -> dict:
     """crossreg on ``case`` with the refusal gate lowered: its quality signals and TRE (NaN if none)."""
     default = RegisterConfig()
     k = sample_size(default.model, case.ndim)
-    config = replace(default, ransac=replace(default.ransac, min_inliers=k), seed=seed)
+    config = replace(default, ransac=replace(default.ransac, min_inliers=k), min_confidence=0.0, seed=seed)
     start = time.perf_counter()
     row = {"case": case.name, "kind": case.kind, "ndim": case.ndim}
     try:
@@ -62,7 +63,8 @@ def run_case(case: BenchCase, seed: int = 0) -> dict:
     found = estimate(result.fixed_points_mm, result.moving_points_mm, config.model, config.ransac, seed)
     return row | {
         "answered": True,
-        "refused_by_default": result.n_inliers < default.ransac.min_inliers,
+        "refused_by_default": result.n_inliers < default.ransac.min_inliers
+        or result.confidence < default.min_confidence,
         "confidence": result.confidence,
         "chance_confidence": found.confidence,
         "n_inliers": result.n_inliers,
@@ -174,9 +176,9 @@ def _markdown(
     out = [
         f"{len(rows)} benchmark cases ({', '.join(KINDS)}; {' and '.join(dims)}; seed 0): {int(ok.sum())} "
         "successes, "
-        f"{n_fail} failures, of which {n_wrong} are wrong answers RANSAC gives when its refusal gate "
-        f"(min_inliers = {RansacConfig().min_inliers}) is lowered to the minimal sample and "
-        f"{n_fail - n_wrong} have no answer at all.",
+        f"{n_fail} failures, of which {n_wrong} are wrong answers crossreg gives when its refusal gates "
+        f"(min_inliers = {RansacConfig().min_inliers}, min_confidence = {RegisterConfig().min_confidence:g})"
+        f" are lowered and {n_fail - n_wrong} have no answer at all.",
         "",
         f"![ROC of success vs quality signal]({png.relative_to(doc.parent).as_posix()})",
         "",

@@ -46,3 +46,16 @@ def test_unknown_suffix_is_refused(tmp_path, name):
 def test_atomic_write_leaves_only_the_file(tmp_path):
     atomic_write_text(tmp_path / "a.txt", "hello")
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_atomic_write_gives_the_usual_permissions_not_the_temp_files(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        target = tmp_path / "t.txt"
+        atomic_write_text(target, "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
