@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from crossreg import datasets
-from crossreg.features.crosskey import CrossKeyConfig, load_model
+from crossreg.features.crosskey import CrossKeyConfig, load_model, network_input
 from crossreg.keypoints import KeypointConfig
+from crossreg.resample import working_image
 from crossreg.synth.geometry import extract_slice
 from crossreg.train.data import PairConfig, make_pair
 from crossreg.train.loop import TrainConfig, train
@@ -66,6 +67,9 @@ def test_pairs_carry_mind_channels_and_a_bank_over_the_mri(sources_2d):
     assert (inside > 0.5).float().mean() > 0.95
     spread = pair.bank_mm.std(dim=0).min()
     assert spread > 2 * pair.positions_mm.std(dim=0).min()
+    # The MRI side, computed once per process for unwarped T1 sources, is what a fresh computation gives.
+    fresh = [network_input(working_image(image, 2.0), NET_2D) for image, _ in sources_2d]
+    assert any(torch.equal(pair.fixed_input, f) for f in fresh)
 
 
 def test_losses_rank_the_true_partner():

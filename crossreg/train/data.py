@@ -126,8 +126,14 @@ def _draw_pair(
         image, "us", angle, shift, tissues=tissues, n_landmarks=n_uniform, seed=int(rng.integers(2**31))
     )
     contrast = config.fixed_contrasts[int(rng.integers(len(config.fixed_contrasts)))]
-    fixed_image = _contrast(case.fixed, tissues, contrast, int(rng.integers(2**31)))
-    fixed = working_image(fixed_image, config.working_spacing_mm)
+    contrast_seed = int(rng.integers(2**31))
+    if config.elastic_mm == 0 and contrast == "t1":  # the source itself, as in every such pair
+        fixed, fixed_input = _unchanged_mri(case.fixed, config.working_spacing_mm, network)
+    else:
+        fixed = working_image(
+            _contrast(case.fixed, tissues, contrast, contrast_seed), config.working_spacing_mm
+        )
+        fixed_input = network_input(fixed, network)
     moving = working_image(case.moving, config.working_spacing_mm)
     kps = detect_keypoints(moving, config.keypoints, seed=int(rng.integers(2**31)))
     moving_mm = np.concatenate([kps.points_mm.double().numpy(), case.landmarks_moving_mm])
@@ -136,7 +142,7 @@ def _draw_pair(
     fixed_mm, moving_mm = fixed_mm[inside], moving_mm[inside]
     bank_mm = _bank(fixed, config.n_bank, rng)
     return TrainingPair(
-        network_input(fixed, network),
+        fixed_input,
         network_input(moving, network),
         torch.from_numpy(grid_coords(fixed.grid, fixed_mm)).float(),
         torch.from_numpy(grid_coords(moving.grid, moving_mm)).float(),
@@ -144,6 +150,21 @@ def _draw_pair(
         torch.from_numpy(grid_coords(fixed.grid, bank_mm)).float(),
         torch.from_numpy(bank_mm).float(),
     )
+
+
+#: Per process: a source MRI shown as it is, on its working grid, and its network input (patient
+#: training without warps draws the same MRI side for every pair; this halves the cost of a pair).
+_UNCHANGED: dict[tuple[int, float, CrossKeyConfig], tuple[Image, torch.Tensor, Image]] = {}
+
+
+def _unchanged_mri(image: Image, spacing_mm: float, network: CrossKeyConfig) -> tuple[Image, torch.Tensor]:
+    """``image`` on its working grid and its network input, computed once per process."""
+    key = (id(image), spacing_mm, network)
+    if key not in _UNCHANGED:
+        work = working_image(image, spacing_mm)
+        _UNCHANGED[key] = (work, network_input(work, network), image)  # keeps image (its id) alive
+    work, inputs, _ = _UNCHANGED[key]
+    return work, inputs
 
 
 def _bank(work: Image, n: int, rng: np.random.Generator) -> np.ndarray:
