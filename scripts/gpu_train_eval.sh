@@ -27,4 +27,4 @@ else
 fi
 rm -f "${MODEL%.pt}.ckpt"
 python -m crossreg bench --kinds us --n-per-kind 10 --weights "$MODEL" --device cuda --out "$OUT/bench" \
-  --methods ${METHODS:-identity,crossreg-norefine,crosskey-norefine} --force | tail -30
+  --methods ${METHODS:-identity,crossreg-dense,crosskey-norefine,crosskey} --force | tail -30

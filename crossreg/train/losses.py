@@ -64,6 +64,12 @@ def descriptor_loss(
     return curriculum_triplet(desc_fixed, desc_moving, positions_mm, hardness, config, generator)
 
 
+def _nearest_negative_mm(hardness: float, config: LossConfig) -> float:
+    """How close to a point its nearest allowed negative may lie: ``far_mm`` at hardness 0, shrinking
+    to ``min_negative_mm`` at hardness 1 (the negative curriculum)."""
+    return config.far_mm - hardness * (config.far_mm - config.min_negative_mm)
+
+
 def curriculum_infonce(
     desc_fixed: torch.Tensor,
     desc_moving: torch.Tensor,
@@ -74,7 +80,7 @@ def curriculum_infonce(
     """Symmetric InfoNCE with negatives limited by distance (module docstring), and statistics:
     mean positive/negative cosine similarity and top-1 accuracy among the allowed points."""
     spatial = torch.cdist(positions_mm, positions_mm)
-    nearest_negative = config.far_mm - hardness * (config.far_mm - config.min_negative_mm)
+    nearest_negative = _nearest_negative_mm(hardness, config)
     excluded = (spatial <= nearest_negative) & ~torch.eye(
         len(spatial), dtype=torch.bool, device=spatial.device
     )
@@ -109,7 +115,7 @@ def bank_infonce(
     candidates = torch.cat([desc_fixed, desc_bank])
     where = torch.cat([positions_mm, bank_mm])
     spatial = torch.cdist(positions_mm, where)
-    nearest_negative = config.far_mm - hardness * (config.far_mm - config.min_negative_mm)
+    nearest_negative = _nearest_negative_mm(hardness, config)
     target = torch.arange(len(desc_moving), device=desc_moving.device)
     own = torch.zeros_like(spatial, dtype=torch.bool)
     own[target, target] = True
