@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -42,7 +43,8 @@ def _run(sources, out: Path, config, device: str, resume: bool, force: bool, kin
             )
 
         train(sources, out, config, device, resume, meta, show)
-    console.print(f"wrote {out} (log: {out.with_suffix('.log.jsonl')})", highlight=False)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone writes
+        console.print(f"wrote {out} (log: {out.with_suffix('.log.jsonl')})", highlight=False)
 
 
 def _commit() -> str:

@@ -153,7 +153,10 @@ def train(
                 totals[k] = totals.get(k, 0.0) + v / config.pairs_per_step
         optimiser.step()
         step += 1
-        if rank == 0 and (step % config.log_every == 0 or step == config.steps):
+        logging_step = step % config.log_every == 0 or step == config.steps
+        if logging_step and world > 1:
+            totals = _mean_over_ranks(totals, dev)
+        if rank == 0 and logging_step:
             angle = config.pairs.angle_deg(step * config.pairs_per_step * world)
             loss_mean = totals.pop("loss")
             entry = StepLog(
@@ -178,6 +181,15 @@ def train(
     if world > 1:
         dist.barrier()
     return net.eval()
+
+
+def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """``values`` averaged over the DDP ranks (every rank calls this at the same steps), so the log
+    describes every pair of the step, as in a single-process run with ``world`` times the pairs."""
+    keys = sorted(values)
+    summed = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(summed)
+    return dict(zip(keys, (summed / dist.get_world_size()).tolist(), strict=True))
 
 
 def _checkpoint(
