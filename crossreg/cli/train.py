@@ -7,7 +7,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -15,12 +15,18 @@ from crossreg.cli.app import app
 from crossreg.cli.common import check_device, console, friendly_errors
 from crossreg.errors import CrossregError
 
+if TYPE_CHECKING:  # torch stays unimported until a command runs
+    from crossreg.train.loop import TrainConfig
+
 train_app = typer.Typer(no_args_is_help=True, help="Train CrossKEY descriptors (MRI <-> ultrasound).")
 app.add_typer(train_app, name="train")
 
 Steps = Annotated[int | None, typer.Option(help="Optimiser steps (default: the preset's).")]
 Device = Annotated[str, typer.Option(help="cpu or cuda (under torchrun: one GPU per process).")]
 Workers = Annotated[int, typer.Option(help="CPU processes synthesising pairs (0: in the training process).")]
+PairsPerStep = Annotated[
+    int | None, typer.Option(help="Pairs per optimiser step (per GPU under torchrun; default 8).", min=1)
+]
 Seed = Annotated[int, typer.Option(help="Seed of the network, the pairs and the negatives.")]
 Resume = Annotated[bool, typer.Option(help="Continue from OUT.ckpt if it exists.")]
 Force = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing model file.")]
@@ -47,6 +53,13 @@ def _run(sources, out: Path, config, device: str, resume: bool, force: bool, kin
         console.print(f"wrote {out} (log: {out.with_suffix('.log.jsonl')})", highlight=False)
 
 
+def _with_pairs_per_step(config: TrainConfig, pairs_per_step: int | None) -> TrainConfig:
+    """``config`` with ``pairs_per_step`` if given (the preset's otherwise)."""
+    from dataclasses import replace
+
+    return config if pairs_per_step is None else replace(config, pairs_per_step=pairs_per_step)
+
+
 def _commit() -> str:
     """The git commit of the code that trained (``unknown`` outside a checkout)."""
     try:
@@ -66,6 +79,7 @@ def patient(
     gm: Annotated[Path | None, typer.Option(help="Grey-matter probability map (optional).")] = None,
     wm: Annotated[Path | None, typer.Option(help="White-matter probability map (with --gm).")] = None,
     steps: Steps = None,
+    pairs_per_step: PairsPerStep = None,
     device: Device = "cpu",
     workers: Workers = 0,
     seed: Seed = 0,
@@ -86,6 +100,7 @@ def patient(
     config = (
         patient_config(seed=seed, workers=workers) if steps is None else patient_config(steps, seed, workers)
     )
+    config = _with_pairs_per_step(config, pairs_per_step)
     _run(patient_sources(image, tissues), out, config, device, resume, force, "patient-specific")
 
 
@@ -94,6 +109,7 @@ def patient(
 def general(
     out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (.pt).")],
     steps: Steps = None,
+    pairs_per_step: PairsPerStep = None,
     device: Device = "cpu",
     workers: Workers = 0,
     seed: Seed = 0,
@@ -106,4 +122,5 @@ def general(
     config = (
         general_config(seed=seed, workers=workers) if steps is None else general_config(steps, seed, workers)
     )
+    config = _with_pairs_per_step(config, pairs_per_step)
     _run(general_sources(), out, config, device, resume, force, "general")
