@@ -4,7 +4,8 @@ PAIRS.csv has a header row. Columns: ``fixed``, ``moving`` (image paths), and op
 pair's output folder name; the row number ``0001``, ``0002``, ... without it), ``landmarks`` (a CSV of
 ``fixed_x,fixed_y[,fixed_z],moving_x,...`` rows in world mm, LPS, e.g. what ``crossreg synth pair``
 writes: the pair's target registration error is then recorded), and per-row options ``model``
-(rigid/similarity/affine), ``features`` (mind/crosskey), ``weights`` (a CrossKEY model file),
+(rigid/similarity/affine), ``features`` (mind/crosskey), ``matching`` (auto/dense/sparse, as
+``crossreg register --matching``), ``weights`` (a CrossKEY model file),
 ``refine`` (true/false), ``seed`` (an integer). Empty cells take the defaults. Relative paths are
 relative to the CSV's folder.
 
@@ -41,9 +42,13 @@ from crossreg.transform import Model
 log = logging.getLogger(__name__)
 
 Status = Literal["ok", "failed", "skipped"]
-OPTION_COLUMNS = ("model", "features", "weights", "refine", "seed")
+OPTION_COLUMNS = ("model", "features", "matching", "weights", "refine", "seed")
 COLUMNS = ("id", "fixed", "moving", "landmarks", *OPTION_COLUMNS)
-_CHOICES = {"model": ("rigid", "similarity", "affine"), "features": ("mind", "crosskey")}
+_CHOICES = {
+    "model": ("rigid", "similarity", "affine"),
+    "features": ("mind", "crosskey"),
+    "matching": ("auto", "dense", "sparse"),
+}
 _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 _ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 DONE = "done.json"
@@ -59,6 +64,7 @@ class Pair:
     landmarks: Path | None = None
     model: Model = "rigid"
     features: Literal["mind", "crosskey"] = "mind"
+    matching: Literal["auto", "dense", "sparse"] = "auto"
     weights: Path | None = None
     refine: bool = True
     seed: int = 0
@@ -147,7 +153,7 @@ def _pair(cells: dict[str, str], default_id: str, root: Path, where: str) -> Pai
     if not _ID.fullmatch(pair_id):
         raise CrossregError(f"{where}: id {pair_id!r} is not a folder name (letters, digits, . _ -)")
     options: dict[str, Any] = {}
-    for name in ("model", "features"):
+    for name in ("model", "features", "matching"):
         if cells.get(name):
             if cells[name] not in _CHOICES[name]:
                 choices = ", ".join(_CHOICES[name])
@@ -200,11 +206,12 @@ def run_pair(pair: Pair, out_dir: Path, device: str = "cpu") -> PairRecord:
 def _register_pair(pair: Pair, folder: Path, device: str, start: float) -> PairRecord:
     from crossreg.imageio import load
     from crossreg.markups import read_matches_csv
-    from crossreg.register import RegisterConfig, register
+    from crossreg.register import RegisterConfig, dense_setting, register
 
     fixed, moving = load(pair.fixed), load(pair.moving)
     weights = None if pair.weights is None else str(pair.weights)
-    config = RegisterConfig(pair.model, pair.features, weights, device=device, seed=pair.seed)
+    dense = dense_setting(pair.matching)
+    config = RegisterConfig(pair.model, pair.features, weights, dense=dense, device=device, seed=pair.seed)
     result = register(fixed, moving, config if pair.refine else replace(config, refine=None))
     result.save(folder / "transform.tfm", qa_path=folder / "qa.png", matches_path=folder / "matches.csv")
     tre = None

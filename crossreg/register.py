@@ -90,6 +90,18 @@ class RegisterConfig:
         return self.dense
 
 
+def dense_setting(matching: str) -> DenseConfig | Literal["auto"] | None:
+    """``RegisterConfig.dense`` for a matching mode name: ``auto``, ``dense`` or ``sparse``."""
+    settings: dict[str, DenseConfig | Literal["auto"] | None] = {
+        "auto": "auto",
+        "dense": DenseConfig(),
+        "sparse": None,
+    }
+    if matching not in settings:
+        raise CrossregError(f"matching {matching!r}: use auto, dense or sparse")
+    return settings[matching]
+
+
 def working_spacing(fixed: Image, moving: Image, config: RegisterConfig) -> float:
     """Isotropic spacing (mm) of the grids keypoints are found on."""
     if config.working_spacing_mm is not None:

@@ -54,7 +54,7 @@ def test_read_pairs_resolves_paths_against_the_csv_and_reads_options(cohort):
     axial, coronal, lost = pairs
     assert axial.fixed == cohort.resolve() / "data/axial/fixed.nii.gz"
     assert axial.landmarks == cohort.resolve() / "data/axial/landmarks.csv"
-    assert (axial.refine, axial.seed, axial.model) == (True, 0, "rigid")
+    assert (axial.refine, axial.seed, axial.model, axial.matching) == (True, 0, "rigid", "auto")
     assert (coronal.refine, coronal.seed) == (False, 3)
     assert lost.landmarks is None
 
@@ -72,6 +72,7 @@ def test_rows_without_id_are_numbered(tmp_path):
         ("fixed,moving,modle\na,b,rigid\n", "line 1: unknown column.* modle"),
         ("id,fixed,moving\nx,a,b\ny,a,b\nx,c,d\n", "line 4: id 'x' is already used on line 2"),
         ("fixed,moving,model\na,b,rigid\na,b,bspline\n", "line 3: model 'bspline' is unknown"),
+        ("fixed,moving,matching\na,b,dense\na,b,global\n", "line 3: matching 'global' is unknown"),
         ("fixed,moving,seed\na,b,one\n", "line 2: seed 'one' is not an integer"),
         ("fixed,moving,refine\na,b,maybe\n", "line 2: refine 'maybe'"),
         ("fixed,moving\na,\n", "line 2: empty moving cell"),

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from crossreg import datasets
-from crossreg.errors import DimensionMismatchError, RegistrationFailed
+from crossreg.errors import CrossregError, DimensionMismatchError, RegistrationFailed
 from crossreg.evaluate.metrics import tre_mm
 from crossreg.image import Grid, Image
-from crossreg.register import DenseConfig, RegisterConfig, register
+from crossreg.register import DenseConfig, RegisterConfig, dense_setting, register
 from crossreg.synth.cases import make_case
 
 
@@ -89,7 +89,7 @@ def test_refinement_that_jumps_away_from_the_inliers_is_refused():
 
 _DETERMINISM_PAIR = """
 from crossreg import datasets
-from crossreg.register import DenseConfig, RegisterConfig, register
+from crossreg.register import DenseConfig, RegisterConfig, dense_setting, register
 from crossreg.synth.cases import make_case
 
 sl = datasets.mni152_slice(1, "axial")
@@ -154,6 +154,9 @@ def test_dense_matching_is_the_default_for_crosskey_only():
     assert RegisterConfig(features="crosskey").dense_matching() == DenseConfig()
     assert RegisterConfig(features="crosskey", dense=None).dense_matching() is None
     assert RegisterConfig(dense=DenseConfig(spacing_mm=3.0)).dense_matching().spacing_mm == 3.0
+    assert [dense_setting(m) for m in ("auto", "dense", "sparse")] == ["auto", DenseConfig(), None]
+    with pytest.raises(CrossregError, match="matching"):
+        dense_setting("global")
 
 
 def test_shipped_crosskey_model_registers_ultrasound_where_mind_finds_nothing(t1, tissues):

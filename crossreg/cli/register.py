@@ -81,7 +81,7 @@ def register(
 
     from crossreg.imageio import SAVE_SUFFIXES, load
     from crossreg.outputs import check_outputs, check_suffix
-    from crossreg.register import DenseConfig, RegisterConfig
+    from crossreg.register import RegisterConfig, dense_setting
     from crossreg.register import register as run_register
     from crossreg.result import Result
     from crossreg.viz import qa_suffixes
@@ -94,7 +94,7 @@ def register(
     fixed_img, moving_img = load(fixed), load(moving)
     check_suffix(resampled, SAVE_SUFFIXES[fixed_img.ndim], f"{fixed_img.ndim}D image")
     weights_path = None if weights is None else str(weights)
-    dense = {"auto": "auto", "dense": DenseConfig(), "sparse": None}[matching.value]
+    dense = dense_setting(matching.value)
     config = RegisterConfig(
         model.value,
         features.value,
