@@ -60,6 +60,8 @@ class RansacConfig:
     threshold_mm: a match is an inlier if the transform sends its src point within this of its dst point.
     iterations: number of minimal-sample hypotheses drawn.
     min_inliers: fewer inliers than this is a failure (:class:`RegistrationFailed`).
+    min_inlier_fraction: so is a smaller share of the matches as inliers (0: no such test; dense
+    matching, where every query is matched, uses it: two unrelated surfaces can agree on a few dozen).
     refine_iterations: local-optimisation rounds (re-fit on all inliers, re-score).
     chunk: hypotheses fitted and scored together; memory ~ ``chunk x M x d`` float64.
     independence_mm: matches closer than this are counted as one in the confidence (module docstring);
@@ -69,6 +71,7 @@ class RansacConfig:
     threshold_mm: float = 4.0
     iterations: int = 4000
     min_inliers: int = 8
+    min_inlier_fraction: float = 0.0
     refine_iterations: int = 5
     chunk: int = 500
     independence_mm: float = 0.0
@@ -177,7 +180,7 @@ def estimate(
     the CPU). Deterministic for a given ``seed``; on clean data the result does not depend on the order
     of the matches (beyond rounding). Raises :class:`RegistrationFailed` with fewer than
     ``max(min_inliers, minimal sample)`` matches, when every sample is degenerate, or with fewer than
-    ``config.min_inliers`` inliers.
+    ``config.min_inliers`` inliers or under ``config.min_inlier_fraction`` of the matches as inliers.
     """
     src, dst = _as_points(src_mm, dst_mm, model)
     k = sample_size(model, src.shape[1])
@@ -188,6 +191,11 @@ def estimate(
     n = int(inliers.sum())
     if n < config.min_inliers:
         raise RegistrationFailed(_too_few(n, config.min_inliers, "inlier matches", model))
+    if n < config.min_inlier_fraction * src.shape[0]:
+        raise RegistrationFailed(
+            f"only {n} of {src.shape[0]} matches agree on a {model} transform "
+            f"(< {100 * config.min_inlier_fraction:g}%): the images probably show no common anatomy"
+        )
     rmse = float(_squared_residuals(src, dst, matrix, translation)[inliers].mean().sqrt())
     p_null = _chance_inlier_probability(dst, config.threshold_mm)
     n_eff, m_eff = n, src.shape[0]

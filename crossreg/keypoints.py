@@ -149,16 +149,19 @@ def detect_keypoints(
 
 
 def grid_points(
-    image: Image, region: np.ndarray, border_mm: float, spacing_mm: float, max_points: int
+    image: Image, region: np.ndarray, border_mm: float, spacing_mm: float, max_points: int | None = None
 ) -> np.ndarray:
     """World points ``(G, d)`` of a regular grid of ``image``'s voxels inside the bool array ``region``
-    eroded by ``border_mm``, every ``spacing_mm`` or coarser so that there are at most ~``max_points``."""
+    eroded by ``border_mm``, every ``spacing_mm``, or coarser so that there are at most ~``max_points``
+    (None: no cap)."""
     spacing_zyx = np.asarray(image.spacing_mm[::-1], float)
     inside = _erode(
         torch.from_numpy(np.ascontiguousarray(region)), _radius_vox(border_mm, spacing_zyx)
     ).numpy()
-    volume_mm = inside.sum() * float(np.prod(spacing_zyx))
-    step_mm = max(spacing_mm, (volume_mm / max(max_points, 1)) ** (1 / image.ndim))
+    step_mm = spacing_mm
+    if max_points is not None:
+        volume_mm = inside.sum() * float(np.prod(spacing_zyx))
+        step_mm = max(spacing_mm, (volume_mm / max(max_points, 1)) ** (1 / image.ndim))
     stride = tuple(max(1, int(np.ceil(step_mm / s - 1e-6))) for s in spacing_zyx)
     picked = np.argwhere(inside[tuple(slice(None, None, k) for k in stride)]) * np.asarray(stride)
     return image.grid.index_to_world(picked[:, ::-1].astype(float))

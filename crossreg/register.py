@@ -128,7 +128,7 @@ def _prepare(
     if role is not None and d is not None:
         region = work.valid_mask() & fov_mask(work)
         if role == "candidates":
-            points = grid_points(work, region, d.border_mm, d.spacing_mm, 10**7)
+            points = grid_points(work, region, d.border_mm, d.spacing_mm)
         else:
             points = grid_points(work, region, d.border_mm, d.query_spacing_mm, d.max_queries)
         kps = Keypoints(torch.from_numpy(points).float(), torch.zeros(len(points)))
@@ -181,12 +181,11 @@ def register(
     spacing = working_spacing(fixed, moving, config)
     stage(f"keypoints and {config.features} descriptors on {spacing:.2g} mm grids")
     f_work, m_work = working_image(fixed, spacing), working_image(moving, spacing)
-    roles = (
-        ("candidates", "queries") if _fov_volume(f_work) >= _fov_volume(m_work) else ("queries", "candidates")
-    )
     dense = config.dense_matching()
-    if dense is None:
-        roles = (None, None)
+    roles: tuple[str | None, str | None] = (None, None)  # sparse: keypoints on both sides
+    if dense is not None:
+        larger_fixed = _fov_volume(f_work) >= _fov_volume(m_work)
+        roles = ("candidates", "queries") if larger_fixed else ("queries", "candidates")
     f_side = _prepare(f_work, config, config.seed, net, roles[0])
     m_side = _prepare(m_work, config, config.seed + 1, net, roles[1])
     lap("features")
@@ -198,16 +197,16 @@ def register(
     stage(f"RANSAC ({config.model}) on {len(matches)} matches")
     ransac = config.ransac
     if dense is not None:
-        ransac = replace(ransac, iterations=dense.ransac_iterations, independence_mm=dense.independence_mm)
+        ransac = replace(
+            ransac,
+            iterations=dense.ransac_iterations,
+            independence_mm=dense.independence_mm,
+            min_inlier_fraction=dense.min_inlier_fraction,
+        )
     found = estimate(f_pts, m_pts, config.model, ransac, seed=config.seed)
     overlap = _check_overlap(f_side.work, m_side.work, found.transform)
     region_mm = f_side.work.grid.index_to_world(np.argwhere(overlap)[:, ::-1].astype(float))
     confidence = found.confidence * determination(f_pts[found.inliers.cpu()], region_mm)
-    if dense is not None and found.n_inliers < dense.min_inlier_fraction * len(matches):
-        raise RegistrationFailed(
-            f"only {found.n_inliers} of {len(matches)} dense matches agree on a transform "
-            f"(< {100 * dense.min_inlier_fraction:g}%): the images probably show no common anatomy"
-        )
     if confidence < config.min_confidence:
         raise RegistrationFailed(
             f"{found.n_inliers} of {len(matches)} matches agree on a transform, but they could be chance "

@@ -320,3 +320,13 @@ def test_independence_counts_a_patch_of_agreeing_neighbours_as_one():
     src[40:100], dst[40:100] = spread, spread + np.array([3.0, 1.0, -2.0])
     good = estimate(src, dst, "rigid", RansacConfig(iterations=2000, independence_mm=8.0), seed=0)
     assert good.n_inliers >= 60 and good.confidence > 0.99
+
+
+def test_min_inlier_fraction_refuses_a_transform_most_matches_deny():
+    rng = np.random.default_rng(1)
+    src = rng.uniform(0, 120, (600, 3))
+    dst = rng.uniform(0, 120, (600, 3))
+    dst[:24] = src[:24] + np.array([5.0, -3.0, 2.0])  # 24 agreeing matches of 600: 4%
+    assert estimate(src, dst, "rigid", RansacConfig(iterations=2000), seed=0).n_inliers >= 24
+    with pytest.raises(RegistrationFailed, match="24 of 600"):
+        estimate(src, dst, "rigid", RansacConfig(iterations=2000, min_inlier_fraction=0.05), seed=0)

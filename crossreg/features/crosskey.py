@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossreg.errors import CrossregError
-from crossreg.features.mind import MindConfig, dense_mind
+from crossreg.features.mind import MindConfig, dense_mind, ssc_pairs
 from crossreg.image import Image
 from crossreg.outputs import atomic_write
 from crossreg.resample import grid_coords
@@ -51,7 +51,7 @@ class CrossKeyConfig:
     @property
     def in_channels(self) -> int:
         """Input channels: intensity, mask and (``mind_input``) 12 (3D) or 4 (2D) per MIND dilation."""
-        per_dilation = 12 if self.ndim == 3 else 4
+        per_dilation = len(ssc_pairs(self.ndim))
         return 2 + (len(MindConfig().dilations_mm) * per_dilation if self.mind_input else 0)
 
     def __post_init__(self) -> None:

@@ -154,17 +154,17 @@ def _draw_pair(
 
 #: Per process: a source MRI shown as it is, on its working grid, and its network input (patient
 #: training without warps draws the same MRI side for every pair; this halves the cost of a pair).
-_UNCHANGED: dict[tuple[int, float, CrossKeyConfig], tuple[Image, torch.Tensor, Image]] = {}
+#: Images hash by identity, so a key holds its source alive and never matches another image.
+_UNCHANGED: dict[tuple[Image, float, CrossKeyConfig], tuple[Image, torch.Tensor]] = {}
 
 
 def _unchanged_mri(image: Image, spacing_mm: float, network: CrossKeyConfig) -> tuple[Image, torch.Tensor]:
     """``image`` on its working grid and its network input, computed once per process."""
-    key = (id(image), spacing_mm, network)
+    key = (image, spacing_mm, network)
     if key not in _UNCHANGED:
         work = working_image(image, spacing_mm)
-        _UNCHANGED[key] = (work, network_input(work, network), image)  # keeps image (its id) alive
-    work, inputs, _ = _UNCHANGED[key]
-    return work, inputs
+        _UNCHANGED[key] = (work, network_input(work, network))
+    return _UNCHANGED[key]
 
 
 def _bank(work: Image, n: int, rng: np.random.Generator) -> np.ndarray:
