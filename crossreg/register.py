@@ -48,7 +48,7 @@ class DenseConfig:
     ``min_inlier_fraction`` it is refused (two unrelated skin surfaces can agree on a few dozen)."""
 
     spacing_mm: float = 2.0
-    query_spacing_mm: float = 3.0
+    query_spacing_mm: float = 4.0
     max_queries: int = 1500
     border_mm: float = 2.0
     ransac_iterations: int = 20000
