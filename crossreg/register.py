@@ -29,6 +29,10 @@ from crossreg.transform import AffineTransform, Model
 
 log = logging.getLogger(__name__)
 
+#: ``--matching auto`` matches MIND-SSC densely where the smaller field of view is under this share of
+#: the larger (benchmark ultrasound cones: 1-16% of the brain; cropped slabs: 30-80% of the image).
+DENSE_FOV_RATIO = 0.25
+
 #: Working grids aim for this many voxels along the longest axis (3D, 2D): enough anatomy per
 #: descriptor neighbourhood, few enough voxels for a CPU.
 WORKING_SIZE = {3: 96, 2: 192}
@@ -65,7 +69,10 @@ class RegisterConfig:
     dense: dense matching (:class:`DenseConfig`), or None: ``keypoints`` on both sides, mutual-NN +
     ratio ``matching`` (CrossKEY's sparse way; precise where both images show the same anatomy, blind
     where the small image's keypoints do not recur in the large one). ``auto``: dense for crosskey,
-    whose descriptors are trained for it, sparse for MIND-SSC (measured in docs/benchmarks.md).
+    whose descriptors are trained for it, and for MIND-SSC where one field of view is under
+    :data:`DENSE_FOV_RATIO` of the other (an ultrasound cone in a brain MRI: sparse 0%, dense 80% on
+    the benchmark); sparse otherwise, which is as accurate and ten times faster on shared anatomy
+    (docs/benchmarks.md).
     min_confidence: a transform less confident than this (docs/reliability.md) is a failure.
     """
 
@@ -83,10 +90,12 @@ class RegisterConfig:
     device: str = "cpu"
     seed: int = 0
 
-    def dense_matching(self) -> DenseConfig | None:
-        """The dense matching settings in force (``auto`` resolved), None for sparse matching."""
+    def dense_matching(self, fov_ratio: float) -> DenseConfig | None:
+        """The dense matching settings in force (``auto`` resolved), None for sparse matching, for
+        images whose smaller field of view is ``fov_ratio`` of the larger one's volume."""
         if self.dense == "auto":
-            return DenseConfig() if self.features == "crosskey" else None
+            wanted = self.features == "crosskey" or fov_ratio < DENSE_FOV_RATIO
+            return DenseConfig() if wanted else None
         return self.dense
 
 
@@ -121,23 +130,28 @@ class _Side:
 
 
 def _prepare(
-    work: Image, config: RegisterConfig, seed: int, net: DescriptorNet | None, role: str | None
+    work: Image,
+    config: RegisterConfig,
+    seed: int,
+    net: DescriptorNet | None,
+    dense: DenseConfig | None,
+    candidates: bool,
 ) -> _Side:
-    """Keypoints of a working image, or its dense ``candidates`` or ``queries`` grid, and descriptors."""
-    d = config.dense_matching()
-    if role is not None and d is not None:
+    """Keypoints of a working image, or (``dense``) its grid of candidates or of queries, and
+    descriptors."""
+    if dense is not None:
         region = work.valid_mask() & fov_mask(work)
-        if role == "candidates":
-            points = grid_points(work, region, d.border_mm, d.spacing_mm)
+        if candidates:
+            points = grid_points(work, region, dense.border_mm, dense.spacing_mm)
         else:
-            points = grid_points(work, region, d.border_mm, d.query_spacing_mm, d.max_queries)
+            points = grid_points(work, region, dense.border_mm, dense.query_spacing_mm, dense.max_queries)
         kps = Keypoints(torch.from_numpy(points).float(), torch.zeros(len(points)))
     else:
         kps = detect_keypoints(work, config.keypoints, seed=seed)
     if net is not None:
         return _Side(work, kps, describe_crosskey(net, work, kps.points_mm))
-    dense = dense_mind(work, config.mind).to(config.device)
-    desc = describe_mind(work, kps.points_mm.to(config.device), config.mind, dense=dense)
+    maps = dense_mind(work, config.mind).to(config.device)
+    desc = describe_mind(work, kps.points_mm.to(config.device), config.mind, dense=maps)
     return _Side(work, kps, desc)
 
 
@@ -181,16 +195,15 @@ def register(
     spacing = working_spacing(fixed, moving, config)
     stage(f"keypoints and {config.features} descriptors on {spacing:.2g} mm grids")
     f_work, m_work = working_image(fixed, spacing), working_image(moving, spacing)
-    dense = config.dense_matching()
-    roles: tuple[str | None, str | None] = (None, None)  # sparse: keypoints on both sides
-    if dense is not None:
-        larger_fixed = _fov_volume(f_work) >= _fov_volume(m_work)
-        roles = ("candidates", "queries") if larger_fixed else ("queries", "candidates")
-    f_side = _prepare(f_work, config, config.seed, net, roles[0])
-    m_side = _prepare(m_work, config, config.seed + 1, net, roles[1])
+    f_fov, m_fov = _fov_volume(f_work), _fov_volume(m_work)
+    dense = config.dense_matching(min(f_fov, m_fov) / max(f_fov, m_fov, 1e-12))
+    # Dense: the image with the larger field of view holds the candidates. Sparse: keypoints on both.
+    candidates = None if dense is None else "fixed" if f_fov >= m_fov else "moving"
+    f_side = _prepare(f_work, config, config.seed, net, dense, candidates == "fixed")
+    m_side = _prepare(m_work, config, config.seed + 1, net, dense, candidates == "moving")
     lap("features")
     stage(f"matching {len(f_side.keypoints)} x {len(m_side.keypoints)} points")
-    matches = _match(f_side, m_side, config, roles[0] == "candidates")
+    matches = _match(f_side, m_side, config.matching, candidates)
     f_pts = f_side.keypoints.points_mm[matches.i0.cpu()].double()
     m_pts = m_side.keypoints.points_mm[matches.i1.cpu()].double()
     lap("matching")
@@ -240,10 +253,12 @@ def _fov_volume(work: Image) -> float:
     return float((work.valid_mask() & fov_mask(work)).sum() * np.prod(work.spacing_mm))
 
 
-def _match(f_side: _Side, m_side: _Side, config: RegisterConfig, dense_fixed: bool) -> Matches:
-    """Matches fixed -> moving; dense: each query takes its nearest candidate."""
-    if config.dense_matching() is None:
-        return match(f_side.descriptors, m_side.descriptors, config.matching)
+def _match(f_side: _Side, m_side: _Side, config: MatchConfig, candidates: str | None) -> Matches:
+    """Matches fixed -> moving: mutual nearest neighbours under ``config`` (sparse, ``candidates``
+    None), or each query takes its nearest candidate, the candidates being ``fixed`` or ``moving``."""
+    if candidates is None:
+        return match(f_side.descriptors, m_side.descriptors, config)
+    dense_fixed = candidates == "fixed"
     query, dense = (m_side, f_side) if dense_fixed else (f_side, m_side)
     found = match(query.descriptors, dense.descriptors, MatchConfig(max_ratio=1.0, mutual=False))
     if not dense_fixed:

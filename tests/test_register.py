@@ -149,24 +149,27 @@ def test_confidence_drops_when_the_inliers_are_a_small_blob(monkeypatch):
         register(case.fixed, case.moving, RegisterConfig(seed=0))
 
 
-def test_dense_matching_is_the_default_for_crosskey_only():
-    assert RegisterConfig().dense_matching() is None
-    assert RegisterConfig(features="crosskey").dense_matching() == DenseConfig()
-    assert RegisterConfig(features="crosskey", dense=None).dense_matching() is None
-    assert RegisterConfig(dense=DenseConfig(spacing_mm=3.0)).dense_matching().spacing_mm == 3.0
+def test_auto_matching_is_dense_for_crosskey_and_for_small_fields_of_view():
+    assert RegisterConfig().dense_matching(0.3) is None
+    assert RegisterConfig().dense_matching(0.1) == DenseConfig()  # an ultrasound cone in an MRI
+    assert RegisterConfig(features="crosskey").dense_matching(1.0) == DenseConfig()
+    assert RegisterConfig(features="crosskey", dense=None).dense_matching(0.1) is None
+    assert RegisterConfig(dense=DenseConfig(spacing_mm=3.0)).dense_matching(1.0).spacing_mm == 3.0
     assert [dense_setting(m) for m in ("auto", "dense", "sparse")] == ["auto", DenseConfig(), None]
     with pytest.raises(CrossregError, match="matching"):
         dense_setting("global")
 
 
-def test_shipped_crosskey_model_registers_ultrasound_where_mind_finds_nothing(t1, tissues):
+def test_ultrasound_cone_is_matched_densely_where_sparse_matching_finds_nothing(t1, tissues):
     # A held-out benchmark case (3d-07 of `crossreg bench --kinds us`): a synthetic ultrasound cone,
-    # 15 deg / 15 mm away. MIND-SSC keypoint matching refuses it; the shipped model lands it.
+    # 15 deg / 15 mm away. MIND-SSC keypoint (sparse) matching refuses it; the defaults match the cone
+    # densely and land it, and so does the shipped CrossKEY model.
     case = make_case(
         t1, "us", 15.0, 15.0, moving_spacing_mm=(2.66, 2.0, 2.0), tissues=tissues, seed=285973599
     )
     with pytest.raises(RegistrationFailed):
-        register(case.fixed, case.moving, RegisterConfig(refine=None))
+        register(case.fixed, case.moving, RegisterConfig(dense=None, refine=None))
+    assert mean_tre(case, register(case.fixed, case.moving, RegisterConfig(refine=None)).transform) < 2.0
     result = register(case.fixed, case.moving, RegisterConfig(features="crosskey"))
     assert mean_tre(case, result.transform) < 2.0
     assert result.confidence > 0.9 and result.n_inliers >= 50

@@ -65,7 +65,8 @@ def register(
         MatchingChoice,
         typer.Option(
             help="dense: a grid over the smaller image (e.g. an ultrasound cone) against a grid over the "
-            "larger; sparse: keypoints on both; auto: dense for crosskey, sparse for mind."
+            "larger; sparse: keypoints on both; auto: dense for crosskey, and for mind where one field of "
+            "view is under a quarter of the other."
         ),
     ] = MatchingChoice.auto,
     refine: Annotated[bool, typer.Option(help="Intensity refinement (MIND-SSD) after RANSAC.")] = True,

@@ -277,14 +277,15 @@ def _euler_from_elastix(pmap) -> AffineTransform:
 
 
 def default_methods(device: str = "cpu", weights: str | None = None) -> list[Method]:
-    """identity; crossreg with MIND-SSC (sparse, and dense matching) and with CrossKEY descriptors
-    (``weights``: a model file, None for the shipped one), with and without refinement; SimpleITK,
-    ANTsPy and elastix rigid."""
+    """identity; crossreg with MIND-SSC (defaults: ``auto`` matching; and sparse or dense matching
+    forced) and with CrossKEY descriptors (``weights``: a model file, None for the shipped one), with
+    and without refinement; SimpleITK, ANTsPy and elastix rigid."""
     crosskey = RegisterConfig(features="crosskey", weights=weights, device=device)
     return [
         Method("identity", identity),
         crossreg_method("crossreg", RegisterConfig(device=device)),
         crossreg_method("crossreg-norefine", RegisterConfig(device=device, refine=None)),
+        crossreg_method("crossreg-sparse", RegisterConfig(device=device, dense=None)),
         crossreg_method("crossreg-dense", RegisterConfig(device=device, dense=DenseConfig())),
         crossreg_method("crosskey", crosskey),
         crossreg_method("crosskey-norefine", replace(crosskey, refine=None)),
