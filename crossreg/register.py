@@ -193,10 +193,13 @@ def register(
 
     net = _network(config, fixed.ndim)
     spacing = working_spacing(fixed, moving, config)
-    stage(f"keypoints and {config.features} descriptors on {spacing:.2g} mm grids")
     f_work, m_work = working_image(fixed, spacing), working_image(moving, spacing)
     f_fov, m_fov = _fov_volume(f_work), _fov_volume(m_work)
-    dense = config.dense_matching(min(f_fov, m_fov) / max(f_fov, m_fov, 1e-12))
+    fov_ratio = min(f_fov, m_fov) / max(f_fov, m_fov, 1e-12)
+    dense = config.dense_matching(fov_ratio)
+    points = "dense grids" if dense is not None else "keypoints"
+    log.info("%s matching: the smaller field of view is %.0f%% of the larger", points, 100 * fov_ratio)
+    stage(f"{points} and {config.features} descriptors on {spacing:.2g} mm grids")
     # Dense: the image with the larger field of view holds the candidates. Sparse: keypoints on both.
     candidates = None if dense is None else "fixed" if f_fov >= m_fov else "moving"
     f_side = _prepare(f_work, config, config.seed, net, dense, candidates == "fixed")

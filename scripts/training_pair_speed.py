@@ -40,11 +40,11 @@ def step_seconds(config: TrainConfig, device: str, n: int) -> float:
     """Seconds per pair of forward, loss and backward on ``device``, for one pair made beforehand."""
     dev = torch.device(device)
     net = _Encoder(DescriptorNet(config.network).to(dev))
-    pair = make_pair(general_sources(), config.pairs, config.network, 0)
+    pair = make_pair(general_sources(), config.pairs, config.network, 0).to(dev)
     generator = torch.Generator().manual_seed(0)
 
     def one() -> None:
-        loss, _ = _pair_loss(net, pair, dev, 1.0, config, generator)
+        loss, _ = _pair_loss(net, pair, 1.0, config, generator)
         loss.backward()
 
     one()

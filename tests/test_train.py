@@ -135,6 +135,41 @@ def test_resume_continues_exactly(sources_2d, tmp_path):
     assert not torch.allclose(untrained, torch.nn.utils.parameters_to_vector(straight.parameters()))
 
 
+def test_echo_reuses_each_batch_and_resumes_inside_a_batch(sources_2d, tmp_path, monkeypatch):
+    import importlib
+    import shutil
+
+    data = importlib.import_module("crossreg.train.data")
+    made: list[int] = []
+    real_make_pair = data.make_pair
+
+    def counting_make_pair(sources, config, network, index, seed=0):
+        made.append(index)
+        return real_make_pair(sources, config, network, index, seed)
+
+    monkeypatch.setattr(data, "make_pair", counting_make_pair)
+    config = TrainConfig(
+        steps=4, pairs_per_step=2, echo=2, log_every=1, checkpoint_every=1, network=NET_2D, pairs=PAIRS_2D
+    )
+
+    def keep_step_3_checkpoint(entry):  # step 3 is the second step of the second batch
+        if entry.step == 4:
+            shutil.copy(tmp_path / "a.ckpt", tmp_path / "c.ckpt")
+
+    straight = train(sources_2d, tmp_path / "a.pt", config, on_step=keep_step_3_checkpoint)
+    assert made == [0, 1, 2, 3]  # 4 steps x 2 pairs, each batch used twice: 4 distinct pairs
+    made.clear()
+    resumed = train(sources_2d, tmp_path / "c.pt", config, resume=True)
+    assert made == [2, 3]  # the resumed step re-makes the batch it was in
+    for p, q in zip(straight.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    fresh = train(sources_2d, tmp_path / "f.pt", replace(config, echo=1))
+    assert not torch.allclose(
+        torch.nn.utils.parameters_to_vector(fresh.parameters()),
+        torch.nn.utils.parameters_to_vector(straight.parameters()),
+    )
+
+
 _RANK = """
 import sys
 from dataclasses import replace

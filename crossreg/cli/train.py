@@ -7,16 +7,13 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from crossreg.cli.app import app
 from crossreg.cli.common import check_device, console, friendly_errors
 from crossreg.errors import CrossregError
-
-if TYPE_CHECKING:  # torch stays unimported until a command runs
-    from crossreg.train.loop import TrainConfig
 
 train_app = typer.Typer(no_args_is_help=True, help="Train CrossKEY descriptors (MRI <-> ultrasound).")
 app.add_typer(train_app, name="train")
@@ -26,6 +23,14 @@ Device = Annotated[str, typer.Option(help="cpu or cuda (under torchrun: one GPU 
 Workers = Annotated[int, typer.Option(help="CPU processes synthesising pairs (0: in the training process).")]
 PairsPerStep = Annotated[
     int | None, typer.Option(help="Pairs per optimiser step (per GPU under torchrun; default 8).", min=1)
+]
+Echo = Annotated[
+    int,
+    typer.Option(
+        help="Optimiser steps per batch of synthetic pairs (data echoing: synthesis on the CPU, not the "
+        "GPU, bounds training speed).",
+        min=1,
+    ),
 ]
 Seed = Annotated[int, typer.Option(help="Seed of the network, the pairs and the negatives.")]
 Resume = Annotated[bool, typer.Option(help="Continue from OUT.ckpt if it exists.")]
@@ -53,13 +58,6 @@ def _run(sources, out: Path, config, device: str, resume: bool, force: bool, kin
         console.print(f"wrote {out} (log: {out.with_suffix('.log.jsonl')})", highlight=False)
 
 
-def _with_pairs_per_step(config: TrainConfig, pairs_per_step: int | None) -> TrainConfig:
-    """``config`` with ``pairs_per_step`` if given (the preset's otherwise)."""
-    from dataclasses import replace
-
-    return config if pairs_per_step is None else replace(config, pairs_per_step=pairs_per_step)
-
-
 def _commit() -> str:
     """The git commit of the code that trained (``unknown`` outside a checkout)."""
     try:
@@ -80,6 +78,7 @@ def patient(
     wm: Annotated[Path | None, typer.Option(help="White-matter probability map (with --gm).")] = None,
     steps: Steps = None,
     pairs_per_step: PairsPerStep = None,
+    echo: Echo = 1,
     device: Device = "cpu",
     workers: Workers = 0,
     seed: Seed = 0,
@@ -89,7 +88,7 @@ def patient(
     """Train on synthetic ultrasound of one patient's MRI (random probe poses, artefacts, rotations)."""
     from crossreg.imageio import load
     from crossreg.synth.modality import as_probability
-    from crossreg.train.presets import patient_config, patient_sources
+    from crossreg.train.presets import batching, patient_config, patient_sources
 
     if (gm is None) != (wm is None):
         raise CrossregError("--gm and --wm go together: give both tissue maps or neither")
@@ -100,7 +99,7 @@ def patient(
     config = (
         patient_config(seed=seed, workers=workers) if steps is None else patient_config(steps, seed, workers)
     )
-    config = _with_pairs_per_step(config, pairs_per_step)
+    config = batching(config, pairs_per_step, echo)
     _run(patient_sources(image, tissues), out, config, device, resume, force, "patient-specific")
 
 
@@ -110,6 +109,7 @@ def general(
     out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (.pt).")],
     steps: Steps = None,
     pairs_per_step: PairsPerStep = None,
+    echo: Echo = 1,
     device: Device = "cpu",
     workers: Workers = 0,
     seed: Seed = 0,
@@ -117,10 +117,10 @@ def general(
     force: Force = False,
 ) -> None:
     """Train on every real MRI shipped (MNI152), warped into new anatomies, with random MR contrasts."""
-    from crossreg.train.presets import general_config, general_sources
+    from crossreg.train.presets import batching, general_config, general_sources
 
     config = (
         general_config(seed=seed, workers=workers) if steps is None else general_config(steps, seed, workers)
     )
-    config = _with_pairs_per_step(config, pairs_per_step)
+    config = batching(config, pairs_per_step, echo)
     _run(general_sources(), out, config, device, resume, force, "general")

@@ -10,7 +10,7 @@ pair is the same whichever worker, process or run makes it.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -78,6 +78,10 @@ class TrainingPair:
     positions_mm: torch.Tensor
     bank_coords: torch.Tensor
     bank_mm: torch.Tensor
+
+    def to(self, device: torch.device | str) -> TrainingPair:
+        """The pair with every tensor on ``device``."""
+        return TrainingPair(*(getattr(self, f.name).to(device) for f in fields(self)))
 
 
 def _contrast(image: Image, tissues: dict[str, Image] | None, name: str, seed: int) -> Image:

@@ -2,6 +2,8 @@
 
 Pairs come from :class:`crossreg.train.data.PairStream` (synthesised on CPU workers while the GPU
 trains); each rank draws its own share of pair indices, so N ranks see N times the pairs per step.
+Synthesis, not the GPU, bounds the speed (docs/benchmarks.md), so a batch of pairs may serve ``echo``
+consecutive steps (data echoing; the negatives are drawn afresh each time).
 A checkpoint (model, optimiser, step, loss generator) is written atomically every
 ``checkpoint_every`` steps and at the end; ``resume`` continues from it exactly. Losses go to a JSON
 lines log. Rank 0 alone writes files.
@@ -31,11 +33,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """steps x pairs_per_step pairs (per rank); hardness of negatives grows linearly to 1 over
-    ``hardness_warmup`` of the steps; the learning rate follows a cosine from ``lr`` to 5% of it."""
+    """steps x pairs_per_step pairs (per rank), each batch of pairs used for ``echo`` consecutive
+    steps (steps x pairs_per_step / echo distinct pairs); hardness of negatives grows linearly to 1
+    over ``hardness_warmup`` of the steps; the learning rate follows a cosine from ``lr`` to 5% of it."""
 
     steps: int = 600
     pairs_per_step: int = 8
+    echo: int = 1
     lr: float = 2e-3
     weight_decay: float = 1e-4
     hardness_warmup: float = 0.5
@@ -72,21 +76,21 @@ def _distributed() -> tuple[int, int]:
 def _pair_loss(
     net: torch.nn.Module,
     pair: TrainingPair,
-    device: torch.device,
     hardness: float,
     config: TrainConfig,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of one pair whose tensors are on the network's device, and its statistics."""
     core = net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
-    fixed_maps = net(pair.fixed_input.to(device))
-    moving_maps = net(pair.moving_input.to(device))
-    desc_f = core.describe(fixed_maps, pair.fixed_coords.to(device))
-    desc_m = core.describe(moving_maps, pair.moving_coords.to(device))
+    fixed_maps = net(pair.fixed_input)
+    moving_maps = net(pair.moving_input)
+    desc_f = core.describe(fixed_maps, pair.fixed_coords)
+    desc_m = core.describe(moving_maps, pair.moving_coords)
     bank = None
     if config.loss.kind == "bank":
-        bank = (core.describe(fixed_maps, pair.bank_coords.to(device)).float(), pair.bank_mm.to(device))
+        bank = (core.describe(fixed_maps, pair.bank_coords).float(), pair.bank_mm)
     return descriptor_loss(
-        desc_f.float(), desc_m.float(), pair.positions_mm.to(device), hardness, config.loss, generator, bank
+        desc_f.float(), desc_m.float(), pair.positions_mm, hardness, config.loss, generator, bank
     )
 
 
@@ -131,12 +135,15 @@ def train(
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None
         )
-    first = (step * config.pairs_per_step) * world + rank
+    if config.echo < 1:
+        raise ValueError(f"TrainConfig.echo must be >= 1, got {config.echo}")
+    first = (step // config.echo * config.pairs_per_step) * world + rank  # the batch of this step
     stream = PairStream(sources, config.pairs, config.network, config.seed, first, world)
     loader = torch.utils.data.DataLoader(
         stream, batch_size=None, num_workers=config.workers, persistent_workers=config.workers > 0
     )
     pairs = iter(loader)
+    batch: list[TrainingPair] = []
     clock = time.perf_counter()
     while step < config.steps:
         progress = step / max(config.steps - 1, 1)
@@ -146,8 +153,10 @@ def train(
             group["lr"] = lr
         optimiser.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
-        for _ in range(config.pairs_per_step):
-            loss, stats = _pair_loss(model, next(pairs), dev, hardness, config, generator)
+        if step % config.echo == 0 or not batch:  # a new batch, or the one a resumed run was in
+            batch = [next(pairs).to(dev) for _ in range(config.pairs_per_step)]
+        for pair in batch:
+            loss, stats = _pair_loss(model, pair, hardness, config, generator)
             (loss / config.pairs_per_step).backward()
             for k, v in {"loss": float(loss.detach()), **stats}.items():
                 totals[k] = totals.get(k, 0.0) + v / config.pairs_per_step
@@ -157,7 +166,7 @@ def train(
         if logging_step and world > 1:
             totals = _mean_over_ranks(totals, dev)
         if rank == 0 and logging_step:
-            angle = config.pairs.angle_deg(step * config.pairs_per_step * world)
+            angle = config.pairs.angle_deg(step // config.echo * config.pairs_per_step * world)
             loss_mean = totals.pop("loss")
             entry = StepLog(
                 step,

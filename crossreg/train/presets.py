@@ -27,6 +27,16 @@ def general_config(steps: int = 600, seed: int = 0, workers: int = 0) -> TrainCo
     return replace(patient_config(steps, seed, workers), pairs=pairs)
 
 
+def batching(config: TrainConfig, pairs_per_step: int | None = None, echo: int | None = None) -> TrainConfig:
+    """``config`` with ``pairs_per_step`` and ``echo`` (the preset's where None), its rotation
+    curriculum still reaching the largest angle halfway through the distinct pairs."""
+    pairs_per_step = config.pairs_per_step if pairs_per_step is None else pairs_per_step
+    echo = config.echo if echo is None else echo
+    distinct = config.steps * pairs_per_step // echo
+    pairs = replace(config.pairs, curriculum_pairs=max(distinct // 2, 1))
+    return replace(config, pairs_per_step=pairs_per_step, echo=echo, pairs=pairs)
+
+
 def general_sources() -> list[Source]:
     """Real MRI shipped with crossreg: the MNI152 2009a T1 (2 mm) with its tissue maps."""
     return [(datasets.mni152_t1(2), datasets.mni152_tissues(2))]
