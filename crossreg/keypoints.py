@@ -51,7 +51,7 @@ class KeypointConfig:
     min_saliency: float = 0.1
     min_keypoints: int = 300
     grid_border_mm: float = 4.0
-    grid_spacing_mm: float = 4.0
+    grid_spacing_mm: float = 3.0
     max_grid_points: int = 4000
 
     def __post_init__(self) -> None:
@@ -151,11 +151,10 @@ def detect_keypoints(
 def grid_points(
     image: Image, region: np.ndarray, border_mm: float, spacing_mm: float, max_points: int | None = None
 ) -> np.ndarray:
-    """World points ``(G, d)`` of a regular grid inside the bool array ``region`` (of ``image``'s
-    voxels) eroded by ``border_mm``: every ``spacing_mm`` along each image axis, or coarser so that
-    there are at most ~``max_points`` (None: no cap). The step is exact in mm, not rounded to whole
-    voxels (3 mm on 2 mm voxels stays 3 mm), so grid points may fall between voxel centres; a point is
-    kept where its nearest voxel is inside."""
+    """World points ``(G, d)`` of a regular grid of ``image``'s voxels inside the bool array ``region``
+    eroded by ``border_mm``, every ``spacing_mm`` rounded up to whole voxels along each axis (3 mm on
+    2 mm voxels: every second voxel), or coarser so that there are at most ~``max_points`` (None: no
+    cap)."""
     spacing_zyx = np.asarray(image.spacing_mm[::-1], float)
     inside = _erode(
         torch.from_numpy(np.ascontiguousarray(region)), _radius_vox(border_mm, spacing_zyx)
@@ -164,13 +163,9 @@ def grid_points(
     if max_points is not None:
         volume_mm = inside.sum() * float(np.prod(spacing_zyx))
         step_mm = max(spacing_mm, (volume_mm / max(max_points, 1)) ** (1 / image.ndim))
-    ticks = [
-        np.arange(0.0, n - 0.5, max(step_mm / s, 1.0)) for n, s in zip(inside.shape, spacing_zyx, strict=True)
-    ]
-    index_zyx = np.stack(np.meshgrid(*ticks, indexing="ij"), axis=-1).reshape(-1, image.ndim)
-    nearest = np.minimum(np.rint(index_zyx).astype(int), np.asarray(inside.shape) - 1)
-    picked = index_zyx[inside[tuple(nearest.T)]]
-    return image.grid.index_to_world(picked[:, ::-1])
+    stride = tuple(max(1, int(np.ceil(step_mm / s - 1e-6))) for s in spacing_zyx)
+    picked = np.argwhere(inside[tuple(slice(None, None, k) for k in stride)]) * np.asarray(stride)
+    return image.grid.index_to_world(picked[:, ::-1].astype(float))
 
 
 def _radius_vox(radius_mm: float, spacing_zyx: np.ndarray) -> tuple[int, ...]:

@@ -42,7 +42,8 @@ WORKING_SIZE = {3: 96, 2: 192}
 class DenseConfig:
     """Dense matching (UAE-style), no keypoint detection: the image with the larger field of view is
     described at a grid of candidates every ``spacing_mm`` of its FOV, the smaller at a grid of queries
-    every ``query_spacing_mm`` (coarser where there would be over ``max_queries``); both grids keep
+    every ``query_spacing_mm`` (both rounded up to whole working voxels; coarser where there would be
+    over ``max_queries``); both grids keep
     ``border_mm`` inside the FOV. Each query takes its nearest candidate
     (no ratio or mutual test: in a small cone most points are ambiguous, and RANSAC with
     ``ransac_iterations`` hypotheses, not a test, sorts the few right matches from the rest). Nothing
@@ -52,7 +53,7 @@ class DenseConfig:
     ``min_inlier_fraction`` it is refused (two unrelated skin surfaces can agree on a few dozen)."""
 
     spacing_mm: float = 2.0
-    query_spacing_mm: float = 4.0
+    query_spacing_mm: float = 3.0
     max_queries: int = 1500
     border_mm: float = 2.0
     ransac_iterations: int = 20000

@@ -5,7 +5,7 @@
 #   bash scripts/gpu_train_eval.sh general [STEPS]     # every real MRI shipped, new anatomies
 #   bash scripts/gpu_train_eval.sh patient [STEPS]     # the MNI152 brain as the patient
 #   bash scripts/gpu_train_eval.sh patient 5min        # as many steps as fit in 5 minutes
-#   ECHO=4 bash scripts/gpu_train_eval.sh patient 4min # each batch of pairs serves 4 steps
+#   ECHO=4 bash scripts/gpu_train_eval.sh patient 4min # each batch of pairs serves 4 steps (patient's default)
 #   METHODS=none ...                                   # train only (bench elsewhere)
 #
 # With a time budget (NNmin), a 20-step run first measures the steady seconds per step (log lines at
@@ -29,10 +29,10 @@ DATA=crossreg/data
 train() {  # train STEPS MODEL_FILE
   if [ "$KIND" = patient ]; then
     python -m crossreg train patient "$DATA/mni152_t1_2mm.nii.gz" --gm "$DATA/mni152_gm_2mm.nii.gz" \
-      --wm "$DATA/mni152_wm_2mm.nii.gz" --out "$2" --steps "$1" --echo "${ECHO:-1}" --device cuda \
+      --wm "$DATA/mni152_wm_2mm.nii.gz" --out "$2" --steps "$1" ${ECHO:+--echo "$ECHO"} --device cuda \
       --workers "$WORKERS" --force
   else
-    python -m crossreg train general --out "$2" --steps "$1" --echo "${ECHO:-1}" --device cuda \
+    python -m crossreg train general --out "$2" --steps "$1" ${ECHO:+--echo "$ECHO"} --device cuda \
       --workers "$WORKERS" --force
   fi
 }
@@ -46,7 +46,7 @@ print(int($BUDGET_S / ((s[1] - s[0]) / 10)))" "${CALIBRATION%.pt}.log.jsonl")
 fi
 START=$(date +%s)
 train "$STEPS" "$MODEL" | tail -3
-echo "training: $STEPS steps (echo ${ECHO:-1}) in $(( $(date +%s) - START )) s" | tee -a "$OUT/machine.txt"
+echo "training: $STEPS steps (echo ${ECHO:-preset}) in $(( $(date +%s) - START )) s" | tee -a "$OUT/machine.txt"
 rm -f "${MODEL%.pt}.ckpt"
 [ "${METHODS:-}" = none ] && exit 0
 python -m crossreg bench --kinds us --n-per-kind 10 --weights "$MODEL" --device cuda --out "$OUT/bench" \

@@ -10,11 +10,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.spatial import cKDTree
 
 from crossreg.image import Image, fov_mask, from_array
 from crossreg.imageio import load
-from crossreg.keypoints import KeypointConfig, Keypoints, detect_keypoints, grid_points, saliency
+from crossreg.keypoints import KeypointConfig, Keypoints, detect_keypoints, saliency
 from crossreg.resample import resample, to_working_grid
 from crossreg.transform import rigid_from_params
 
@@ -86,20 +85,6 @@ def test_few_maxima_are_completed_by_a_grid_inside_the_fov(work: Image) -> None:
     outside = torch.from_numpy(_outside_points_mm(small, small.valid_mask() & fov_mask(small)))
     assert _min_distance_mm(grid, outside).min() >= config.grid_border_mm
     assert _nearest_other_mm(grid).min() >= config.grid_spacing_mm - 1e-4
-
-
-@pytest.mark.parametrize("spacing_mm", [3.0, 5.0])
-def test_grid_points_keep_their_spacing_between_voxels(work: Image, spacing_mm: float) -> None:
-    # 3 mm on 2 mm voxels is 3 mm, not two voxels (4 mm): the density asked for, within one voxel.
-    assert work.spacing_mm == (2.0, 2.0, 2.0)
-    region = work.valid_mask() & fov_mask(work)
-    points = grid_points(work, region, 4.0, spacing_mm)
-    nearest = cKDTree(points).query(points, k=2)[0][:, 1]
-    assert abs(float(np.median(nearest)) - spacing_mm) < 1e-4
-    volume_mm3 = region.sum() * 8.0
-    assert 0.5 < len(points) * spacing_mm**3 / volume_mm3 < 1.0  # the 4 mm border takes the rest
-    capped = grid_points(work, region, 4.0, spacing_mm, max_points=500)
-    assert 400 < len(capped) <= 550
 
 
 def test_keypoints_in_world_space_of_any_grid(t1: Image, work_kps: Keypoints) -> None:

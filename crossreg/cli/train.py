@@ -25,10 +25,10 @@ PairsPerStep = Annotated[
     int | None, typer.Option(help="Pairs per optimiser step (per GPU under torchrun; default 8).", min=1)
 ]
 Echo = Annotated[
-    int,
+    int | None,
     typer.Option(
         help="Optimiser steps per batch of synthetic pairs (data echoing: synthesis on the CPU, not the "
-        "GPU, bounds training speed).",
+        "GPU, bounds training speed; default: the preset's, 4 patient, 1 general).",
         min=1,
     ),
 ]
@@ -78,7 +78,7 @@ def patient(
     wm: Annotated[Path | None, typer.Option(help="White-matter probability map (with --gm).")] = None,
     steps: Steps = None,
     pairs_per_step: PairsPerStep = None,
-    echo: Echo = 1,
+    echo: Echo = None,
     device: Device = "cpu",
     workers: Workers = 0,
     seed: Seed = 0,
@@ -109,7 +109,7 @@ def general(
     out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (.pt).")],
     steps: Steps = None,
     pairs_per_step: PairsPerStep = None,
-    echo: Echo = 1,
+    echo: Echo = None,
     device: Device = "cpu",
     workers: Workers = 0,
     seed: Seed = 0,
