@@ -29,10 +29,10 @@ from crossreg.train.presets import batching, patient_config, patient_sources
 
 
 def config(args: argparse.Namespace, pairs_per_step: int) -> TrainConfig:
-    """The patient preset, ``args.steps`` steps of ``pairs_per_step`` pairs (no echoing), logged at
-    every step; the rotation curriculum set for the pairs of all ranks (its pair index is global)."""
-    base = batching(patient_config(args.steps, seed=0, workers=args.workers), args.ranks * args.pairs, echo=1)
-    return replace(base, pairs_per_step=pairs_per_step, log_every=1, checkpoint_every=args.steps)
+    """The patient preset, ``args.steps`` steps of ``pairs_per_step`` pairs (per rank, no echoing),
+    logged at every step."""
+    base = batching(patient_config(args.steps, seed=0, workers=args.workers), pairs_per_step, echo=1)
+    return replace(base, log_every=1, checkpoint_every=args.steps)
 
 
 def sources():

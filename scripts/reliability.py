@@ -332,13 +332,16 @@ def interrupted(root: Path) -> tuple[Row, float]:
     case = Case(
         "interrupted run", "SIGINT (Ctrl-C) halfway through a registration", lambda f: pair(f, T1), 130
     )
-    base = root / "control"
-    base.mkdir()
-    start = time.perf_counter()
-    code, text = subprocess_invoke(pair(base, T1))
-    if code != 0:
-        raise RuntimeError(f"the valid control registration failed: {text}")
-    halfway = (time.perf_counter() - start) / 2
+    durations = []
+    for attempt in range(2):  # the first run also warms the disk cache and bytecode: time the faster
+        base = root / f"control{attempt}"
+        base.mkdir()
+        start = time.perf_counter()
+        code, text = subprocess_invoke(pair(base, T1))
+        if code != 0:
+            raise RuntimeError(f"the valid control registration failed: {text}")
+        durations.append(time.perf_counter() - start)
+    halfway = min(durations) / 2
     folder = root / "interrupted"
     folder.mkdir()
     args = case.make(folder)
@@ -394,7 +397,7 @@ def main() -> None:
         "--qa qa.png --matches m.csv`, plus the two `.mrk.json` files beside `m.csv`); *outputs left* "
         "lists any file (temp files included) that appeared or changed in the output folder. The "
         f"interrupt came {halfway:.1f} s into the run (half the time the same registration took "
-        "uninterrupted).\n\n"
+        "uninterrupted, the faster of two runs).\n\n"
         "Produced by:\n\n```\npython scripts/reliability.py " + shlex.join(sys.argv[1:]) + "\n```"
     )
     replace_section(args.doc, "bad-input", text)

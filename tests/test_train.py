@@ -176,7 +176,8 @@ from dataclasses import replace
 sys.path.insert(0, {tests!r})
 from test_train import NET_2D, PAIRS_2D, axial_sources
 from crossreg.train.loop import TrainConfig, train
-config = TrainConfig(steps=3, pairs_per_step=2, log_every=1, network=NET_2D, pairs=PAIRS_2D)
+pairs = replace(PAIRS_2D, curriculum_pairs=PAIRS_2D.curriculum_pairs // 2)  # per rank
+config = TrainConfig(steps=3, pairs_per_step=2, log_every=1, network=NET_2D, pairs=pairs)
 train(axial_sources(), {out!r}, config)
 """
 

@@ -35,7 +35,8 @@ class PairConfig:
 
     working_spacing_mm: the grid descriptors are learned on (registration's working grid for a brain,
     see crossreg.register.working_spacing). max_angle_deg: rotation between MRI and ultrasound at the
-    end of the curriculum (it grows from ``start_angle_deg`` over ``curriculum_pairs`` pairs).
+    end of the curriculum (it grows from ``start_angle_deg`` over ``curriculum_pairs`` pairs; per rank
+    under DDP, as the pairs per step are: the training loop scales it by the number of ranks).
     fixed_contrasts: what the MRI side shows, drawn uniformly (``t1``, ``t2`` T2-like, ``random`` LUT).
     elastic_mm: largest displacement of a random warp of the source (new anatomies); 0 for none.
     keypoints: the detector on the ultrasound (``max_keypoints`` points per pair, drawn by saliency);

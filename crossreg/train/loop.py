@@ -17,7 +17,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -138,7 +138,9 @@ def train(
     if config.echo < 1:
         raise ValueError(f"TrainConfig.echo must be >= 1, got {config.echo}")
     first = (step // config.echo * config.pairs_per_step) * world + rank  # the batch of this step
-    stream = PairStream(sources, config.pairs, config.network, config.seed, first, world)
+    # Pair indices run over all ranks; the curriculum is set per rank, as the pairs per step are.
+    pair_config = replace(config.pairs, curriculum_pairs=config.pairs.curriculum_pairs * world)
+    stream = PairStream(sources, pair_config, config.network, config.seed, first, world)
     loader = torch.utils.data.DataLoader(
         stream, batch_size=None, num_workers=config.workers, persistent_workers=config.workers > 0
     )
@@ -166,7 +168,7 @@ def train(
         if logging_step and world > 1:
             totals = _mean_over_ranks(totals, dev)
         if rank == 0 and logging_step:
-            angle = config.pairs.angle_deg(step // config.echo * config.pairs_per_step * world)
+            angle = pair_config.angle_deg(step // config.echo * config.pairs_per_step * world)
             loss_mean = totals.pop("loss")
             entry = StepLog(
                 step,
