@@ -30,7 +30,8 @@ from crossreg.transform import AffineTransform, Model
 log = logging.getLogger(__name__)
 
 #: ``--matching auto`` matches MIND-SSC densely where the smaller field of view is under this share of
-#: the larger (benchmark ultrasound cones: 1-16% of the brain; cropped slabs: 30-80% of the image).
+#: the larger (benchmark ultrasound cones: 0.7-9.5% of the head, ``scripts/bench_case_stats.py``;
+#: cropped slabs: 30-80% of it, ``synthetic_cases``' ``fov_range``).
 DENSE_FOV_RATIO = 0.25
 
 #: Working grids aim for this many voxels along the longest axis (3D, 2D): enough anatomy per
@@ -132,23 +133,23 @@ class _Side:
 
 def _prepare(
     work: Image,
+    region: np.ndarray,
     config: RegisterConfig,
     seed: int,
     net: DescriptorNet | None,
     dense: DenseConfig | None,
     candidates: bool,
 ) -> _Side:
-    """Keypoints of a working image, or (``dense``) its grid of candidates or of queries, and
-    descriptors."""
+    """Keypoints of a working image inside ``region`` (its field of view), or (``dense``) its grid of
+    candidates or of queries there, and descriptors."""
     if dense is not None:
-        region = work.valid_mask() & fov_mask(work)
         if candidates:
             points = grid_points(work, region, dense.border_mm, dense.spacing_mm)
         else:
             points = grid_points(work, region, dense.border_mm, dense.query_spacing_mm, dense.max_queries)
         kps = Keypoints(torch.from_numpy(points).float(), torch.zeros(len(points)))
     else:
-        kps = detect_keypoints(work, config.keypoints, seed=seed)
+        kps = detect_keypoints(work, config.keypoints, mask=region, seed=seed)
     if net is not None:
         return _Side(work, kps, describe_crosskey(net, work, kps.points_mm))
     maps = dense_mind(work, config.mind).to(config.device)
@@ -195,16 +196,17 @@ def register(
     net = _network(config, fixed.ndim)
     spacing = working_spacing(fixed, moving, config)
     f_work, m_work = working_image(fixed, spacing), working_image(moving, spacing)
-    f_fov, m_fov = _fov_volume(f_work), _fov_volume(m_work)
-    fov_ratio = min(f_fov, m_fov) / max(f_fov, m_fov, 1e-12)
+    f_region, m_region = _fov_region(f_work), _fov_region(m_work)
+    f_fov, m_fov = int(f_region.sum()), int(m_region.sum())  # voxels of one spacing: volumes compare
+    fov_ratio = min(f_fov, m_fov) / max(f_fov, m_fov, 1)
     dense = config.dense_matching(fov_ratio)
     points = "dense grids" if dense is not None else "keypoints"
     log.info("%s matching: the smaller field of view is %.0f%% of the larger", points, 100 * fov_ratio)
     stage(f"{points} and {config.features} descriptors on {spacing:.2g} mm grids")
     # Dense: the image with the larger field of view holds the candidates. Sparse: keypoints on both.
     candidates = None if dense is None else "fixed" if f_fov >= m_fov else "moving"
-    f_side = _prepare(f_work, config, config.seed, net, dense, candidates == "fixed")
-    m_side = _prepare(m_work, config, config.seed + 1, net, dense, candidates == "moving")
+    f_side = _prepare(f_work, f_region, config, config.seed, net, dense, candidates == "fixed")
+    m_side = _prepare(m_work, m_region, config, config.seed + 1, net, dense, candidates == "moving")
     lap("features")
     stage(f"matching {len(f_side.keypoints)} x {len(m_side.keypoints)} points")
     matches = _match(f_side, m_side, config.matching, candidates)
@@ -252,9 +254,10 @@ def register(
     )
 
 
-def _fov_volume(work: Image) -> float:
-    """Volume (mm^3, or mm^2 in 2D) of a working image's field of view."""
-    return float((work.valid_mask() & fov_mask(work)).sum() * np.prod(work.spacing_mm))
+def _fov_region(work: Image) -> np.ndarray:
+    """Bool array: a working image's field of view (voxels with data and signal), computed once for
+    the dense/sparse choice, the grids and the keypoint detector."""
+    return work.valid_mask() & fov_mask(work)
 
 
 def _match(f_side: _Side, m_side: _Side, config: MatchConfig, candidates: str | None) -> Matches:

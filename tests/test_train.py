@@ -163,6 +163,8 @@ def test_echo_reuses_each_batch_and_resumes_inside_a_batch(sources_2d, tmp_path,
     assert made == [2, 3]  # the resumed step re-makes the batch it was in
     for p, q in zip(straight.parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(p, q)
+    with pytest.raises(ValueError, match="echo"):
+        replace(config, echo=0)
     fresh = train(sources_2d, tmp_path / "f.pt", replace(config, echo=1))
     assert not torch.allclose(
         torch.nn.utils.parameters_to_vector(fresh.parameters()),

@@ -51,6 +51,14 @@ class TrainConfig:
     pairs: PairConfig = field(default_factory=PairConfig)
     loss: LossConfig = field(default_factory=LossConfig)
 
+    def __post_init__(self) -> None:
+        if self.pairs_per_step < 1 or self.echo < 1:
+            raise ValueError(f"TrainConfig needs pairs_per_step >= 1 and echo >= 1, got {self}")
+
+    def batch_start(self, step: int, world: int = 1) -> int:
+        """Index of the first pair of step ``step``'s batch, over all ``world`` ranks."""
+        return step // self.echo * self.pairs_per_step * world
+
 
 @dataclass(frozen=True)
 class StepLog:
@@ -135,9 +143,7 @@ def train(
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None
         )
-    if config.echo < 1:
-        raise ValueError(f"TrainConfig.echo must be >= 1, got {config.echo}")
-    first = (step // config.echo * config.pairs_per_step) * world + rank  # the batch of this step
+    first = config.batch_start(step, world) + rank  # the batch this step uses (a resumed run's too)
     # Pair indices run over all ranks; the curriculum is set per rank, as the pairs per step are.
     pair_config = replace(config.pairs, curriculum_pairs=config.pairs.curriculum_pairs * world)
     stream = PairStream(sources, pair_config, config.network, config.seed, first, world)
@@ -168,7 +174,7 @@ def train(
         if logging_step and world > 1:
             totals = _mean_over_ranks(totals, dev)
         if rank == 0 and logging_step:
-            angle = pair_config.angle_deg(step // config.echo * config.pairs_per_step * world)
+            angle = pair_config.angle_deg(config.batch_start(step, world))
             loss_mean = totals.pop("loss")
             entry = StepLog(
                 step,
