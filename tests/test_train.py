@@ -66,14 +66,21 @@ def test_pairs_carry_mind_channels_and_a_bank_over_the_mri(sources_2d):
     assert pair.moving_input[0, 2:, mask == 0].abs().max() == 0  # MIND is zero outside the cone
     assert pair.moving_input[0, 2:, mask > 0].abs().max() > 0
     # The bank spreads over the MRI's signal, far beyond the cone's points.
-    assert pair.bank_coords.shape == (256, 2) and pair.bank_coords.abs().max() <= 1.0
+    assert pair.bank_coords.abs().max() <= 1.0
     d = 2
-    where = pair.bank_coords.reshape(1, -1, *[1] * (d - 1), d)
+    where = pair.bank_coords[:256].reshape(1, -1, *[1] * (d - 1), d)
     fixed_mask = pair.fixed_input[0, 1]
     inside = torch.nn.functional.grid_sample(fixed_mask[None, None], where, align_corners=True).flatten()
     assert (inside > 0.5).float().mean() > 0.95
-    spread = pair.bank_mm.std(dim=0).min()
+    spread = pair.bank_mm[:256].std(dim=0).min()
     assert spread > 2 * pair.positions_mm.std(dim=0).min()
+    # Then the near negatives: n_near per point (all but those off the grid), each 3-10 mm from it.
+    near = pair.bank_mm[256:]
+    drawn = PAIRS_2D.n_near * len(pair.positions_mm)
+    assert 0.9 * drawn <= len(near) <= drawn
+    distance = torch.cdist(near, pair.positions_mm).min(dim=1).values
+    assert distance.max() <= PAIRS_2D.near_mm[1] + 1e-3
+    assert torch.cdist(near, pair.positions_mm).min() > 0  # never the partner itself
     # The MRI side, computed once per process for unwarped T1 sources, is what a fresh computation gives.
     fresh = [network_input(working_image(image, 2.0), NET_2D) for image, _ in sources_2d]
     assert any(torch.equal(pair.fixed_input, f) for f in fresh)

@@ -42,6 +42,9 @@ class PairConfig:
     keypoints: the detector on the ultrasound (``max_keypoints`` points per pair, drawn by saliency);
     n_uniform: points drawn uniformly in the cone besides (at least 1).
     n_bank: MRI points drawn uniformly over its field of view, negatives for the ``bank`` loss.
+    n_near: more bank points per corresponding point, each ``near_mm`` (a range) from it in a random
+    direction: the neighbours a dense grid of candidates puts next to the right one, which a
+    brain-wide bank rarely samples (hard negatives for precise matches).
     """
 
     working_spacing_mm: float = 2.0
@@ -53,6 +56,8 @@ class PairConfig:
     elastic_mm: float = 0.0
     n_uniform: int = 256
     n_bank: int = 4096
+    n_near: int = 4
+    near_mm: tuple[float, float] = (3.0, 10.0)
     keypoints: KeypointConfig = field(
         default_factory=lambda: KeypointConfig(
             sampling="probabilistic", border_mm=4.0, max_keypoints=192, min_keypoints=0
@@ -145,7 +150,7 @@ def _draw_pair(
     fixed_mm = case.true_transform.inverse().apply(moving_mm)
     inside = fixed.grid.contains(fixed_mm)
     fixed_mm, moving_mm = fixed_mm[inside], moving_mm[inside]
-    bank_mm = _bank(fixed, config.n_bank, rng)
+    bank_mm = np.concatenate([_bank(fixed, config.n_bank, rng), _near(fixed, fixed_mm, config, rng)])
     return TrainingPair(
         fixed_input,
         network_input(moving, network),
@@ -177,6 +182,16 @@ def _bank(work: Image, n: int, rng: np.random.Generator) -> np.ndarray:
     voxels = np.argwhere(work.valid_mask() & fov_mask(work))
     picked = voxels[rng.integers(len(voxels), size=n)] + rng.uniform(-0.5, 0.5, (n, work.ndim))
     return work.grid.index_to_world(picked[:, ::-1])
+
+
+def _near(work: Image, points_mm: np.ndarray, config: PairConfig, rng: np.random.Generator) -> np.ndarray:
+    """``config.n_near`` world points around each of ``points_mm`` ``(N, d)``, at distances drawn
+    uniformly in ``config.near_mm`` in random directions, those inside the working image's grid."""
+    centres = np.repeat(points_mm, config.n_near, axis=0)
+    direction = rng.normal(size=centres.shape)
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    near = centres + direction * rng.uniform(*config.near_mm, size=(len(centres), 1))
+    return near[work.grid.contains(near)]
 
 
 class PairStream(torch.utils.data.IterableDataset):

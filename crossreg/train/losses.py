@@ -35,7 +35,7 @@ class LossConfig:
     kind: str = "bank"
     margin: float = 0.5
     temperature: float = 0.07
-    min_negative_mm: float = 6.0
+    min_negative_mm: float = 3.0
     far_mm: float = 20.0
 
     def __post_init__(self) -> None:
