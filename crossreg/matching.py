@@ -8,6 +8,7 @@ chunk at a time, so no more than ``chunk_size x N1`` distances exist at once: 10
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -82,6 +83,49 @@ def match(desc0: torch.Tensor, desc1: torch.Tensor, config: MatchConfig = MatchC
         keep &= nn0[nn1] == i0
     logger.debug("match: %d x %d descriptors -> %d matches", a.shape[0], b.shape[0], int(keep.sum()))
     return Matches(i0[keep], nn1[keep], distance[keep], ratio[keep])
+
+
+def match_shortlisted(
+    desc0: torch.Tensor,
+    desc1: torch.Tensor,
+    second0: torch.Tensor,
+    second1: Callable[[torch.Tensor], torch.Tensor],
+    k: int,
+    chunk_size: int = 2048,
+) -> Matches:
+    """Each row of ``desc0`` matched to one of its ``k`` nearest rows of ``desc1``: the nearest in both
+    descriptors at once, unit ``desc`` and unit second descriptors weighing the same (the squared
+    distance is the mean of the two squared distances). The second descriptors are ``second0``
+    ``(N0, C')`` and, for rows of ``desc1``, ``second1(index)`` ``(*index.shape, C')``: computed for the
+    shortlists only, so an expensive second descriptor costs ``N0 x k`` evaluations, not ``N1``.
+
+    Every row of ``desc0`` is matched (no mutual test); ``ratio`` compares the best two of the
+    shortlist. Either input may be empty.
+    """
+    _check_inputs(desc0, desc1)
+    a, b = desc0.float(), desc1.float()
+    if a.shape[0] == 0 or b.shape[0] == 0:
+        return _empty_matches(a)
+    k = min(k, b.shape[0])
+    b_sq = (b * b).sum(dim=1)
+    first_sq, shortlist = [], []
+    for start in range(0, a.shape[0], chunk_size):
+        d_sq = _squared_distances(a[start : start + chunk_size], b, b_sq)
+        values, index = d_sq.topk(k, dim=1, largest=False)
+        first_sq.append(values)
+        shortlist.append(index)
+    first, index = torch.cat(first_sq), torch.cat(shortlist)
+    other = second1(index).to(a)
+    second_sq = (other - second0.to(a)[:, None, :]).square().sum(dim=-1)
+    combined = 0.5 * (first + second_sq)
+    best = combined.topk(min(2, k), dim=1, largest=False)
+    distance = best.values[:, 0].sqrt()
+    ratio = torch.ones_like(distance)
+    if k > 1:
+        second = best.values[:, 1].sqrt()
+        ratio = torch.where(second > 0, distance / second, ratio)
+    i0 = torch.arange(a.shape[0], device=a.device)
+    return Matches(i0, index[i0, best.indices[:, 0]], distance, ratio)
 
 
 def _nearest_neighbours(

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crossreg.matching import MatchConfig, match
+from crossreg.matching import MatchConfig, match, match_shortlisted
 
 
 def reference_pairs(desc0: np.ndarray, desc1: np.ndarray, max_ratio: float, mutual: bool) -> dict:
@@ -134,3 +134,33 @@ def test_cuda_matches_cpu():
     assert gpu.i0.device.type == "cuda"
     assert torch.equal(gpu.i0.cpu(), cpu.i0) and torch.equal(gpu.i1.cpu(), cpu.i1)
     assert torch.equal(perm[cpu.i1], cpu.i0)
+
+
+def test_shortlisted_matching_takes_the_nearest_in_both_descriptors_among_the_shortlist():
+    # Brute force: for each row, the k nearest in the first descriptor, then the smallest mean of the
+    # two squared distances among them; the second descriptor is asked for the shortlists only.
+    g = torch.Generator().manual_seed(3)
+    unit = lambda x: torch.nn.functional.normalize(x, dim=1)  # noqa: E731
+    desc0, desc1 = unit(torch.randn(40, 8, generator=g)), unit(torch.randn(300, 8, generator=g))
+    second0, second1 = unit(torch.randn(40, 5, generator=g)), unit(torch.randn(300, 5, generator=g))
+    asked = []
+
+    def second_of(index: torch.Tensor) -> torch.Tensor:
+        asked.append(tuple(index.shape))
+        return second1[index]
+
+    found = match_shortlisted(desc0, desc1, second0, second_of, k=6, chunk_size=16)
+    assert asked == [(40, 6)]
+    d1 = torch.cdist(desc0.double(), desc1.double()) ** 2
+    shortlist = d1.topk(6, dim=1, largest=False).indices
+    d2 = torch.cdist(second0.double(), second1.double()) ** 2
+    combined = 0.5 * (d1 + d2).gather(1, shortlist)
+    expected = shortlist[torch.arange(40), combined.argmin(dim=1)]
+    assert torch.equal(found.i0, torch.arange(40)) and torch.equal(found.i1, expected)
+    np.testing.assert_allclose(found.distance**2, combined.min(dim=1).values, rtol=1e-4)
+    assert (found.ratio <= 1).all()
+    # With a shortlist of everything it is the nearest in both descriptors over all rows, which for
+    # some rows lies outside their 6 nearest: those never win with k = 6.
+    everything = match_shortlisted(desc0, desc1, second0, lambda i: second1[i], k=300)
+    assert torch.equal(everything.i1, (0.5 * (d1 + d2)).argmin(dim=1))
+    assert (everything.i1 != found.i1).sum() >= 5

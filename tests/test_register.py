@@ -1,5 +1,7 @@
 """The whole pipeline on real MRI: a cross-modal copy under a known 15 deg / 15 mm motion is recovered."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -158,6 +160,20 @@ def test_auto_matching_is_dense_for_crosskey_and_for_small_fields_of_view():
     assert [dense_setting(m) for m in ("auto", "dense", "sparse")] == ["auto", DenseConfig(), None]
     with pytest.raises(CrossregError, match="matching"):
         dense_setting("global")
+
+
+def test_mind_ssc_reranks_the_learned_shortlist_where_the_learned_descriptor_alone_is_refused(t1, tissues):
+    # The smallest cone of the benchmark (3d-01 of `crossreg bench --kinds us`, 69 queries): the shipped
+    # model's descriptors alone find too few agreeing matches and refuse it; re-ranking each query's
+    # 64 learned nearest candidates with MIND-SSC lands it.
+    case = make_case(
+        t1, "us", 15.0, 15.0, moving_spacing_mm=(2.0, 2.0, 2.59), tissues=tissues, seed=1485793882
+    )
+    crosskey = RegisterConfig(features="crosskey", refine=None)
+    with pytest.raises(RegistrationFailed, match="confidence"):
+        register(case.fixed, case.moving, replace(crosskey, dense=DenseConfig(shortlist=0)))
+    result = register(case.fixed, case.moving, crosskey)
+    assert mean_tre(case, result.transform) < 2.5 and result.confidence >= 0.5
 
 
 def test_ultrasound_cone_is_matched_densely_where_sparse_matching_finds_nothing(t1, tissues):

@@ -279,7 +279,8 @@ def _euler_from_elastix(pmap) -> AffineTransform:
 def default_methods(device: str = "cpu", weights: str | None = None) -> list[Method]:
     """identity; crossreg with MIND-SSC (defaults: ``auto`` matching; and sparse or dense matching
     forced) and with CrossKEY descriptors (``weights``: a model file, None for the shipped one), with
-    and without refinement; SimpleITK, ANTsPy and elastix rigid."""
+    and without refinement, and without refinement or MIND-SSC re-ranking (``crosskey-learned``: the
+    learned descriptor alone); SimpleITK, ANTsPy and elastix rigid."""
     crosskey = RegisterConfig(features="crosskey", weights=weights, device=device)
     return [
         Method("identity", identity),
@@ -289,6 +290,7 @@ def default_methods(device: str = "cpu", weights: str | None = None) -> list[Met
         crossreg_method("crossreg-dense", RegisterConfig(device=device, dense=DenseConfig())),
         crossreg_method("crosskey", crosskey),
         crossreg_method("crosskey-norefine", replace(crosskey, refine=None)),
+        crossreg_method("crosskey-learned", replace(crosskey, refine=None, dense=DenseConfig(shortlist=0))),
         Method("simpleitk-mi", sitk_rigid),
         Method("ants-rigid", ants_rigid, ("ants",)),
         Method("elastix-rigid", elastix_rigid, ("itk.ElastixPython",)),

@@ -28,7 +28,7 @@ from crossreg.outputs import atomic_write
 from crossreg.resample import grid_coords
 
 #: The general model shipped with the package (trained by ``crossreg train general``).
-DEFAULT_WEIGHTS = "crosskey_general_v1.pt"
+DEFAULT_WEIGHTS = "crosskey_general_v2.pt"
 FORMAT_VERSION = 1
 
 
@@ -110,24 +110,28 @@ class DescriptorNet(nn.Module):
         return F.normalize(self.head(torch.cat(columns, dim=1)), dim=1)
 
 
-def network_input(work: Image, config: CrossKeyConfig) -> torch.Tensor:
+def network_input(work: Image, config: CrossKeyConfig, mind: torch.Tensor | None = None) -> torch.Tensor:
     """``(1, config.in_channels, *work.shape)``: intensity (0 outside the mask), mask and, with
-    ``config.mind_input``, the dense MIND-SSC maps (0 outside the mask) of a working image."""
+    ``config.mind_input``, the dense MIND-SSC maps (0 outside the mask) of a working image
+    (``mind``: ``dense_mind(work)`` with the default :class:`MindConfig`, if already computed)."""
     mask = work.valid_mask()
     array = np.where(mask, work.array, 0.0).astype(np.float32)
     inputs = torch.from_numpy(np.stack([array, mask.astype(np.float32)]))
     if config.mind_input:
-        inputs = torch.cat([inputs, dense_mind(work) * inputs[1:2]])
+        maps = dense_mind(work) if mind is None else mind.cpu()
+        inputs = torch.cat([inputs, maps * inputs[1:2]])
     return inputs[None]
 
 
-def describe_crosskey(net: DescriptorNet, work: Image, points_mm: torch.Tensor) -> torch.Tensor:
+def describe_crosskey(
+    net: DescriptorNet, work: Image, points_mm: torch.Tensor, mind: torch.Tensor | None = None
+) -> torch.Tensor:
     """Unit descriptors ``(N, out_dim)`` float32 of world points ``(N, d)`` on a :func:`working_image`,
-    on the network's device."""
+    on the network's device (``mind``: as for :func:`network_input`)."""
     device = next(net.parameters()).device
     coords = torch.from_numpy(grid_coords(work.grid, points_mm.detach().cpu().double().numpy()))
     with torch.no_grad():
-        maps = net.feature_maps(network_input(work, net.config).to(device))
+        maps = net.feature_maps(network_input(work, net.config, mind).to(device))
         return net.describe(maps, coords.to(device)).float()
 
 
