@@ -55,8 +55,8 @@ class DenseConfig:
     With CrossKEY descriptors a query takes, of its ``shortlist`` nearest candidates in the learned
     descriptor, the one nearest in learned and MIND-SSC descriptors together (0: the learned nearest):
     the learned descriptor finds the anatomy brain-wide, MIND-SSC's 3x3x3 layout places it to the
-    voxel (docs/benchmarks.md: the shipped model on 20 ultrasound cones, 100% success and 44%
-    precision against 90% and 26% for its descriptor alone), at the cost of MIND-SSC on the
+    voxel (docs/benchmarks.md: the shipped model on 40 ultrasound cones, 90% success and 44%
+    precision against 82% and 25% for its descriptor alone), at the cost of MIND-SSC on the
     shortlists only."""
 
     spacing_mm: float = 2.0
