@@ -28,7 +28,7 @@ Echo = Annotated[
     int | None,
     typer.Option(
         help="Optimiser steps per batch of synthetic pairs (data echoing: synthesis on the CPU, not the "
-        "GPU, bounds training speed; default: the preset's, 4 patient, 1 general).",
+        "GPU, bounds training speed; default: the preset's, 4 patient, 6 general).",
         min=1,
     ),
 ]
