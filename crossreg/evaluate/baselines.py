@@ -7,6 +7,12 @@ fixed world mm -> moving world mm. SimpleITK's ``ImageRegistrationMethod``, ANTs
 points as well, so each result is only converted, never inverted (tests/test_bench.py checks each).
 A method that gives up (crossreg's RegistrationFailed, an ITK optimiser that loses the overlap)
 returns ``failed`` with the message instead of a transform.
+
+Reproducibility: each baseline seeds its metric sampling from the case seed, but ITK's multi-threaded
+metrics can differ in the last bits between runs, and ANTs' may then stop in another optimum. One thread
+makes a seed's answer exact. ANTs takes no thread count per call: its own copy of ITK reads
+``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` once per process, at its first registration, so the variable
+must be set before that (tests/conftest.py sets 1; ``crossreg bench`` leaves ITK's default, all cores).
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from crossreg.config import DenseConfig, RegisterConfig
+from crossreg.correspond import MATCHERS
 from crossreg.errors import NoOverlapError, RegistrationFailed
-from crossreg.features.crosskey import default_weights_path
+from crossreg.features import FEATURES
 from crossreg.image import Image, fov_mask
 from crossreg.imageio import to_sitk
-from crossreg.register import DenseConfig, RegisterConfig, register
+from crossreg.register import register
 from crossreg.transform import AffineTransform, from_sitk, read_transform
 
 
@@ -82,9 +90,7 @@ def _failure(start: float, err: Exception) -> MethodOutput:
 def crossreg_method(name: str = "crossreg", config: RegisterConfig | None = None) -> Method:
     """crossreg.register with ``config`` (its seed replaced by the case seed); matches are all putative."""
     config = config or RegisterConfig()
-    files = ()
-    if config.features == "crosskey":
-        files = (Path(config.weights) if config.weights else default_weights_path(),)
+    files = (Path(config.weights),) if config.weights else ()
 
     def run(fixed: Image, moving: Image, seed: int) -> MethodOutput:
         start = time.perf_counter()
@@ -181,14 +187,28 @@ def _to_ants(array: np.ndarray, image: Image):
     )
 
 
-def ants_rigid(fixed: Image, moving: Image, seed: int) -> MethodOutput:
-    """ANTsPy ``registration(type_of_transform="Rigid")``: its defaults (Mattes MI, 4 levels,
-    centre-of-mass start) with the FOV masks."""
+@dataclass(frozen=True)
+class AntsRigidConfig:
+    """The ANTsPy ``registration`` setting crossreg varies; the default is ANTsPy's own."""
+
+    # Fraction of voxels the Mattes MI metric uses at every level (aff_random_sampling_rate: a regular
+    # grid, each point jittered by the seeded generator). 0.2 leaves ~30 samples at the 6x-shrunk first
+    # level of a 2 mm 2D brain slice, where MI is noise and a few seeds in a hundred end tens of mm off;
+    # 1.0 (ANTsPy's "DenseRigid") uses every voxel: four times slower on a 2 mm brain volume.
+    sampling_rate: float = 0.2
+
+
+def ants_rigid(fixed: Image, moving: Image, seed: int, config: AntsRigidConfig | None = None) -> MethodOutput:
+    """ANTsPy ``registration(type_of_transform="Rigid")``: its defaults (Mattes MI, 4 levels shrunk
+    6/4/2/1, centre-of-mass start) with the FOV masks; reproducible for a seed with one ITK thread."""
     import ants
     import ants.config
 
+    config = config or AntsRigidConfig()
     start = time.perf_counter()
-    ants.config.set_ants_deterministic(on=False, seed_value=seed + 1)  # only sets --random-seed
+    # on=False only sets the --random-seed that registration() passes. on=True would also seed numpy's and
+    # random's global generators and set ITK's thread variable, which ITK has read by then if ANTs ran.
+    ants.config.set_ants_deterministic(on=False, seed_value=seed + 1)
     with tempfile.TemporaryDirectory(prefix="crossreg-ants-") as tmp:
         try:
             out = ants.registration(
@@ -196,6 +216,7 @@ def ants_rigid(fixed: Image, moving: Image, seed: int) -> MethodOutput:
                 moving=_to_ants(moving.array, moving),
                 type_of_transform="Rigid",
                 aff_metric="mattes",
+                aff_random_sampling_rate=config.sampling_rate,
                 mask=_to_ants(fov_mask(fixed).astype(np.float32), fixed),
                 moving_mask=_to_ants(fov_mask(moving).astype(np.float32), moving),
                 outprefix=str(Path(tmp) / "ants_"),
@@ -276,21 +297,34 @@ def _euler_from_elastix(pmap) -> AffineTransform:
 # ---------------------------------------------------------------- the default line-up
 
 
+#: A kind of features' name in the benchmark: MIND-SSC is crossreg's default, plainly ``crossreg``.
+_BENCH_NAME = {"mind": "crossreg"}
+
+
+def crossreg_methods(device: str = "cpu", weights: str | None = None) -> list[Method]:
+    """For every kind of :data:`crossreg.features.FEATURES`: ``<name>`` (the defaults),
+    ``<name>-norefine``, and ``<name>-<matcher>`` for every matcher of
+    :data:`crossreg.correspond.MATCHERS` forced; then ``crosskey-learned``, CrossKEY's learned
+    descriptor alone (no MIND-SSC re-ranking, no refinement). ``weights``: a model file for the
+    learned kinds (None: the shipped ones)."""
+    methods = []
+    for kind in FEATURES:
+        name = _BENCH_NAME.get(kind, kind)
+        config = RegisterConfig(features=kind, weights=None if kind == "mind" else weights, device=device)
+        methods += [
+            crossreg_method(name, config),
+            crossreg_method(f"{name}-norefine", replace(config, refine=None)),
+        ]
+        methods += [crossreg_method(f"{name}-{way}", replace(config, matching=way)) for way in MATCHERS]
+    crosskey = RegisterConfig(features="crosskey", weights=weights, device=device, refine=None)
+    return [*methods, crossreg_method("crosskey-learned", replace(crosskey, dense=DenseConfig(shortlist=0)))]
+
+
 def default_methods(device: str = "cpu", weights: str | None = None) -> list[Method]:
-    """identity; crossreg with MIND-SSC (defaults: ``auto`` matching; and sparse or dense matching
-    forced) and with CrossKEY descriptors (``weights``: a model file, None for the shipped one), with
-    and without refinement, and without refinement or MIND-SSC re-ranking (``crosskey-learned``: the
-    learned descriptor alone); SimpleITK, ANTsPy and elastix rigid."""
-    crosskey = RegisterConfig(features="crosskey", weights=weights, device=device)
+    """identity, :func:`crossreg_methods`, and SimpleITK, ANTsPy and elastix rigid."""
     return [
         Method("identity", identity),
-        crossreg_method("crossreg", RegisterConfig(device=device)),
-        crossreg_method("crossreg-norefine", RegisterConfig(device=device, refine=None)),
-        crossreg_method("crossreg-sparse", RegisterConfig(device=device, dense=None)),
-        crossreg_method("crossreg-dense", RegisterConfig(device=device, dense=DenseConfig())),
-        crossreg_method("crosskey", crosskey),
-        crossreg_method("crosskey-norefine", replace(crosskey, refine=None)),
-        crossreg_method("crosskey-learned", replace(crosskey, refine=None, dense=DenseConfig(shortlist=0))),
+        *crossreg_methods(device, weights),
         Method("simpleitk-mi", sitk_rigid),
         Method("ants-rigid", ants_rigid, ("ants",)),
         Method("elastix-rigid", elastix_rigid, ("itk.ElastixPython",)),

@@ -33,20 +33,24 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """steps x pairs_per_step pairs (per rank), each batch of pairs used for ``echo`` consecutive
-    steps (steps x pairs_per_step / echo distinct pairs); hardness of negatives grows linearly to 1
-    over ``hardness_warmup`` of the steps; the learning rate follows a cosine from ``lr`` to 5% of it."""
+    """Settings of :func:`train`: the schedule, the optimiser, and the network, pairs and loss it uses.
 
-    steps: int = 600
-    pairs_per_step: int = 8
+    Each rank sees steps x pairs_per_step pairs, steps x pairs_per_step / echo of them distinct.
+    """
+
+    steps: int = 600  # optimiser steps
+    pairs_per_step: int = 8  # training pairs per step and rank (>= 1); their losses are averaged
+    # Consecutive steps each batch of pairs serves (>= 1; 1: no data echoing). Synthesis, not the GPU,
+    # bounds the speed, so echoing buys steps (docs/benchmarks.md).
     echo: int = 1
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
+    lr: float = 2e-3  # AdamW peak learning rate; a cosine takes it down to 0.05 x lr at the last step
+    weight_decay: float = 1e-4  # AdamW decoupled weight decay
+    # Fraction (0-1) of the steps over which the negatives' hardness grows linearly from 0 to 1.
     hardness_warmup: float = 0.5
-    workers: int = 0
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 100
+    workers: int = 0  # DataLoader processes synthesising pairs (0: in the training process)
+    seed: int = 0  # seeds the network's initialisation, the pair stream and the loss's draws
+    log_every: int = 10  # steps between log lines (and the last step)
+    checkpoint_every: int = 100  # steps between checkpoints (and the last step)
     network: CrossKeyConfig = field(default_factory=CrossKeyConfig)
     pairs: PairConfig = field(default_factory=PairConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -92,18 +96,18 @@ def _pair_loss(
     core = net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
     fixed_maps = net(pair.fixed_input)
     moving_maps = net(pair.moving_input)
-    desc_f = core.describe(fixed_maps, pair.fixed_coords)
-    desc_m = core.describe(moving_maps, pair.moving_coords)
+    desc_f = core.descriptors_at(fixed_maps, pair.fixed_coords)
+    desc_m = core.descriptors_at(moving_maps, pair.moving_coords)
     bank = None
     if config.loss.kind == "bank":
-        bank = (core.describe(fixed_maps, pair.bank_coords).float(), pair.bank_mm)
+        bank = (core.descriptors_at(fixed_maps, pair.bank_coords).float(), pair.bank_mm)
     return descriptor_loss(
         desc_f.float(), desc_m.float(), pair.positions_mm, hardness, config.loss, generator, bank
     )
 
 
 class _Encoder(torch.nn.Module):
-    """``forward`` = feature maps, so DDP sees the encoder call (the head runs in ``describe``)."""
+    """``forward`` = feature maps, so DDP sees the encoder call (the head runs in ``descriptors_at``)."""
 
     def __init__(self, net: DescriptorNet) -> None:
         super().__init__()
@@ -112,8 +116,8 @@ class _Encoder(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.net.feature_maps(x)
 
-    def describe(self, maps: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
-        return self.net.describe(maps, coords)
+    def descriptors_at(self, maps: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
+        return self.net.descriptors_at(maps, coords)
 
 
 def train(
