@@ -6,13 +6,14 @@
 >>> result.save("T.tfm", qa_path="qa.png")
 """
 
+from crossreg.config import RegisterConfig
 from crossreg.errors import CrossregError, NoOverlapError, RegistrationFailed
 from crossreg.estimate import estimate
 from crossreg.image import Image, from_array
 from crossreg.imageio import load, save
 from crossreg.keypoints import detect_keypoints
 from crossreg.matching import match
-from crossreg.register import RegisterConfig, register
+from crossreg.register import register
 from crossreg.result import Result
 from crossreg.transform import AffineTransform, read_transform
 

@@ -35,7 +35,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from crossreg.config import MATCHING
 from crossreg.errors import CrossregError
+from crossreg.estimate import MODELS
+from crossreg.features import FEATURES
 from crossreg.outputs import atomic_write_text
 from crossreg.transform import Model
 
@@ -44,11 +47,7 @@ log = logging.getLogger(__name__)
 Status = Literal["ok", "failed", "skipped"]
 OPTION_COLUMNS = ("model", "features", "matching", "weights", "refine", "seed")
 COLUMNS = ("id", "fixed", "moving", "landmarks", *OPTION_COLUMNS)
-_CHOICES = {
-    "model": ("rigid", "similarity", "affine"),
-    "features": ("mind", "crosskey"),
-    "matching": ("auto", "dense", "sparse"),
-}
+_CHOICES = {"model": MODELS, "features": tuple(FEATURES), "matching": MATCHING}
 _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 _ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 DONE = "done.json"
@@ -63,8 +62,8 @@ class Pair:
     moving: Path
     landmarks: Path | None = None
     model: Model = "rigid"
-    features: Literal["mind", "crosskey"] = "mind"
-    matching: Literal["auto", "dense", "sparse"] = "auto"
+    features: str = "mind"  # a kind of crossreg.features.FEATURES
+    matching: str = "auto"  # crossreg.config.MATCHING
     weights: Path | None = None
     refine: bool = True
     seed: int = 0
@@ -204,15 +203,23 @@ def run_pair(pair: Pair, out_dir: Path, device: str = "cpu") -> PairRecord:
 
 
 def _register_pair(pair: Pair, folder: Path, device: str, start: float) -> PairRecord:
+    from crossreg.config import RegisterConfig
     from crossreg.imageio import load
     from crossreg.markups import read_matches_csv
-    from crossreg.register import RegisterConfig, dense_setting, register
+    from crossreg.refine import RefineConfig
+    from crossreg.register import register
 
     fixed, moving = load(pair.fixed), load(pair.moving)
-    weights = None if pair.weights is None else str(pair.weights)
-    dense = dense_setting(pair.matching)
-    config = RegisterConfig(pair.model, pair.features, weights, dense=dense, device=device, seed=pair.seed)
-    result = register(fixed, moving, config if pair.refine else replace(config, refine=None))
+    config = RegisterConfig(
+        model=pair.model,
+        features=pair.features,
+        weights=None if pair.weights is None else str(pair.weights),
+        matching=pair.matching,
+        refine=RefineConfig() if pair.refine else None,
+        device=device,
+        seed=pair.seed,
+    )
+    result = register(fixed, moving, config)
     result.save(folder / "transform.tfm", qa_path=folder / "qa.png", matches_path=folder / "matches.csv")
     tre = None
     if pair.landmarks is not None:

@@ -9,10 +9,12 @@ from pathlib import Path
 from rich.table import Table
 
 from crossreg import datasets
+from crossreg.config import RegisterConfig
 from crossreg.evaluate.metrics import TreSummary, summarize_tre, tre_mm
 from crossreg.outputs import check_outputs
-from crossreg.register import RegisterConfig, register
+from crossreg.register import register
 from crossreg.result import Result
+from crossreg.result_files import companion_paths
 from crossreg.synth.cases import Case, make_case
 from crossreg.synth.pairs import PAIR_FILES, write_pair
 from crossreg.transform import AffineTransform
@@ -52,7 +54,7 @@ def run_demo(
     """Build the demo case, register it, write inputs and outputs under ``out``, score every stage."""
     out = Path(out)
     check_outputs(
-        [out / name for name in (*PAIR_FILES, *OUTPUTS, *Result.companion_paths(out / "matches.csv"))], force
+        [out / name for name in (*PAIR_FILES, *OUTPUTS, *companion_paths(out / "matches.csv"))], force
     )
     stage = on_stage or (lambda name: None)
     stage("building a T2-like, partial-FOV, anisotropic moving image from the MNI152 T1")
@@ -68,9 +70,8 @@ def _score(case: Case, result: Result) -> list[tuple[str, TreSummary, float]]:
     t = result.timings_s
     stages: list[tuple[str, AffineTransform, float]] = [
         ("start (identity)", AffineTransform.identity(case.fixed.ndim), 0.0),
-        ("keypoints + RANSAC", result.ransac_transform, sum(v for k, v in t.items() if k != "refine")),
+        ("matches + RANSAC", result.ransac_transform, sum(v for k, v in t.items() if k != "polish")),
+        ("+ refinement", result.transform, sum(t.values())),
     ]
-    if "refine" in t:
-        stages.append(("+ refinement", result.transform, sum(t.values())))
     pts = case.landmarks_fixed_mm
     return [(name, summarize_tre(tre_mm(tx, case.true_transform, pts)), secs) for name, tx, secs in stages]

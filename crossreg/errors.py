@@ -19,6 +19,10 @@ class EmptyRegionError(InvalidImageError):
     """A region where points must be placed (landmarks in a field of view) is too small."""
 
 
+class InvalidConfigError(CrossregError, ValueError):
+    """A setting is out of its range or names no known kind (a model, features, a matcher)."""
+
+
 class DimensionMismatchError(CrossregError):
     """Fixed and moving images do not have the same number of dimensions."""
 

@@ -117,6 +117,12 @@ class Image:
         """Boolean array: voxels that hold data (all, if no mask was set)."""
         return np.ones(self.array.shape, bool) if self.mask is None else self.mask
 
+    def summary(self) -> str:
+        """One line: source, size and spacing."""
+        size = "x".join(str(s) for s in self.grid.size_xyz)
+        spacing = "x".join(f"{s:.3g}" for s in self.spacing_mm)
+        return f"{Path(self.source).name or 'image'}: {size} voxels, {spacing} mm"
+
     def with_array(self, array: np.ndarray, mask: np.ndarray | None = None) -> Image:
         """The same grid with new voxel values (and mask)."""
         return replace(self, array=np.asarray(array, np.float32), mask=mask)
@@ -178,13 +184,6 @@ def robust_normalize(image: Image, low_pct: float = 0.5, high_pct: float = 99.5)
         lo, hi = float(vals.min()), float(vals.max())
     scaled = np.clip((image.array - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
     return image.with_array(scaled, image.mask)
-
-
-def describe(image: Image) -> str:
-    """One line: size, spacing and source of an image."""
-    size = "x".join(str(s) for s in image.grid.size_xyz)
-    sp = "x".join(f"{s:.3g}" for s in image.spacing_mm)
-    return f"{Path(image.source).name or 'image'}: {size} voxels, {sp} mm"
 
 
 def fov_mask(image: Image, threshold: float = 0.02, smooth_mm: float = 2.0) -> np.ndarray:

@@ -120,13 +120,14 @@ def detect_keypoints(
 ) -> Keypoints:
     """Keypoints of ``image``: saliency maxima inside the FOV mask eroded by ``border_mm``.
 
-    mask: bool array of the image's shape where keypoints may lie; default is the valid, non-empty
-    field of view. seed: for probabilistic sampling (``None`` draws a fresh one); different seeds give
-    different keypoint sets of the same quality. Works on any grid; designed for working grids.
+    mask: bool array of the image's shape where keypoints may lie; default: the image's field of view
+    (:func:`crossreg.image.fov_mask`; a working image carries it as its mask already: pass that).
+    seed: for probabilistic sampling (``None`` draws a fresh one); different seeds give different
+    keypoint sets of the same quality. Works on any grid; designed for working grids.
     """
     sal = saliency(image, config)
     spacing_zyx = np.asarray(image.spacing_mm[::-1], float)
-    region = image.valid_mask() & fov_mask(image) if mask is None else np.asarray(mask, bool)
+    region = fov_mask(image) if mask is None else np.asarray(mask, bool)
     inside = _erode(
         torch.from_numpy(np.ascontiguousarray(region)), _radius_vox(config.border_mm, spacing_zyx)
     )

@@ -6,10 +6,11 @@ points. 2D images use the first two axes (x, y).
 
 Match CSV columns (one row per putative match; 2D files have no ``*_z`` columns)::
 
-    id, fixed_x, fixed_y, fixed_z, moving_x, moving_y, moving_z, inlier, descriptor_distance
+    id, fixed_x, fixed_y, fixed_z, moving_x, moving_y, moving_z, inlier, confidence
 
-``inlier`` is 1 or 0; ``descriptor_distance`` is empty when unknown. CSV has no comment syntax, so the
-frame is stated here and in the README, not in the file.
+``inlier`` is 1 or 0 (consistent with the transform RANSAC found); ``confidence`` is the matcher's
+confidence in the match, in [0, 1], empty when unknown (landmarks, hand-made correspondences). CSV
+has no comment syntax, so the frame is stated here and in the README, not in the file.
 
 Slicer markups (``.mrk.json``) are written with ``"coordinateSystem": "LPS"`` and read in either
 frame; RAS files are converted to LPS (x and y negated).
@@ -45,7 +46,7 @@ def _match_columns(ndim: int) -> list[str]:
         *(f"fixed_{a}" for a in _AXES[:ndim]),
         *(f"moving_{a}" for a in _AXES[:ndim]),
         "inlier",
-        "descriptor_distance",
+        "confidence",
     ]
 
 
@@ -61,29 +62,29 @@ def write_matches_csv(
     fixed_mm: np.ndarray,
     moving_mm: np.ndarray,
     inlier: np.ndarray,
-    distance: np.ndarray | None = None,
+    confidence: np.ndarray | None = None,
 ) -> None:
     """Write matches to a CSV file atomically (columns in the module docstring; world mm, LPS).
 
-    fixed_mm, moving_mm: ``(N, d)``, d = 2 or 3; inlier: ``(N,)`` bool; distance: ``(N,)`` or None.
+    fixed_mm, moving_mm: ``(N, d)``, d = 2 or 3; inlier: ``(N,)`` bool; confidence: ``(N,)`` or None.
     Values are written with full float precision, so reading gives back the same numbers.
     """
     fixed, moving = _points(fixed_mm, "fixed_mm"), _points(moving_mm, "moving_mm")
     inl = np.asarray(inlier, dtype=bool).reshape(-1)
-    dist = None if distance is None else np.asarray(distance, dtype=np.float64).reshape(-1)
+    conf = None if confidence is None else np.asarray(confidence, dtype=np.float64).reshape(-1)
     n = len(fixed)
-    if moving.shape != fixed.shape or len(inl) != n or (dist is not None and len(dist) != n):
+    if moving.shape != fixed.shape or len(inl) != n or (conf is not None and len(conf) != n):
         raise ValueError(
             f"matches disagree in shape: fixed {fixed.shape}, moving {moving.shape}, inlier {inl.shape}"
-            + ("" if dist is None else f", distance {dist.shape}")
+            + ("" if conf is None else f", confidence {conf.shape}")
         )
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(_match_columns(fixed.shape[1]))
     for i in range(n):
-        d = "" if dist is None else repr(float(dist[i]))
+        c = "" if conf is None else repr(float(conf[i]))
         coords = [repr(float(v)) for v in (*fixed[i], *moving[i])]
-        writer.writerow([i, *coords, int(inl[i]), d])
+        writer.writerow([i, *coords, int(inl[i]), c])
     atomic_write_text(path, buf.getvalue())
 
 

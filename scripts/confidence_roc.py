@@ -33,12 +33,13 @@ from pathlib import Path
 import numpy as np
 from doc_sections import replace_section
 
+from crossreg.config import RegisterConfig
 from crossreg.errors import CrossregError
 from crossreg.estimate import RansacConfig, estimate, sample_size
 from crossreg.evaluate.baselines import MethodOutput
 from crossreg.evaluate.cases import BenchCase, synthetic_cases
 from crossreg.evaluate.scoring import SUCCESS_MM, score
-from crossreg.register import RegisterConfig, register
+from crossreg.register import register
 
 KINDS = ("us", "t2", "ct", "random")
 #: The thresholds a user would read "confident" at: the report gives the false-confident rate at each.

@@ -12,8 +12,9 @@ import time
 import numpy as np
 
 from crossreg import datasets
+from crossreg.config import RegisterConfig
 from crossreg.evaluate.metrics import tre_mm
-from crossreg.register import RegisterConfig, register
+from crossreg.register import register
 from crossreg.synth.cases import make_case
 
 

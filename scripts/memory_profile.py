@@ -6,8 +6,8 @@ Usage: python3 scripts/memory_profile.py [--size 512] [--spacing 0.4] [--work /t
 The pair is the shipped 1 mm MNI152 T1 and a T2-like copy of it moved by a known 15 deg / 15 mm rigid
 motion (crossreg.synth.cases.make_case), both resampled onto ``size``^3 grids of ``spacing`` mm and
 written as int16 NIfTI (what scanners store) by a separate process, so building them does not count.
-Then the real ``crossreg.register.register`` runs, with the functions it calls wrapped so each call is
-attributed to its stage; everything between wrapped calls counts as ``other``. Each stage's peak is
+Then the real ``crossreg.register.register`` runs, with the functions its stages call wrapped so each
+call is attributed to its stage; everything between wrapped calls counts as ``other``. Each stage's peak is
 the kernel's resident-set high-water mark (VmHWM), reset at the start of the stage through
 /proc/self/clear_refs: exact, not sampled (Linux only). "RSS after" is the resident set when the
 stage ends.
@@ -109,29 +109,31 @@ def build_pair(work: Path, size: int, spacing_mm: float) -> None:
 def profile(work: Path) -> tuple[StageMeter, float, str, float]:
     """Register the pair in ``work`` with every stage metered: the meter, mean TRE (mm), the result's
     summary, and the resident memory (GiB) after the imports."""
+    from crossreg.config import RegisterConfig
     from crossreg.evaluate.metrics import tre_mm
     from crossreg.imageio import load
     from crossreg.markups import read_matches_csv
+    from crossreg.register import register
     from crossreg.transform import read_transform
 
-    # The module, not the function crossreg/__init__.py exports under the same name.
-    reg = importlib.import_module("crossreg.register")
+    wrapped = (
+        ("crossreg.plan", "working_image", "working grid"),
+        ("crossreg.describe", "detect_keypoints", "keypoints"),
+        ("crossreg.describe", "grid_points", "keypoints"),
+        ("crossreg.features.mind", "mind_maps", "descriptors"),
+        ("crossreg.features.mind", "mind_descriptors", "descriptors"),
+        ("crossreg.correspond", "match", "matching"),
+        ("crossreg.register", "estimate", "RANSAC"),
+        ("crossreg.verify", "overlap_mask", "RANSAC"),
+        ("crossreg.polish", "refine", "refinement"),
+    )
+    owners = [importlib.import_module(module) for module, _, _ in wrapped]  # where stages look them up
     baseline = _status_kib("VmRSS") * 1024 / GIB
     meter = StageMeter()
-    for name, stage in (
-        ("working_image", "working grid"),
-        ("detect_keypoints", "keypoints"),
-        ("grid_points", "keypoints"),
-        ("dense_mind", "descriptors"),
-        ("describe_mind", "descriptors"),
-        ("match", "matching"),
-        ("estimate", "RANSAC"),
-        ("_check_overlap", "RANSAC"),
-        ("refine", "refinement"),
-    ):
-        setattr(reg, name, meter.wrap(stage, getattr(reg, name)))
+    for owner, (_, name, stage) in zip(owners, wrapped, strict=True):
+        setattr(owner, name, meter.wrap(stage, getattr(owner, name)))
     fixed, moving = meter.wrap("load", lambda: (load(work / "fixed.nii"), load(work / "moving.nii")))()
-    result = reg.register(fixed, moving, reg.RegisterConfig(seed=0))
+    result = register(fixed, moving, RegisterConfig(seed=0))
     out = work / "out"
     out.mkdir(exist_ok=True)
     meter.wrap("save", result.save)(out / "transform.tfm", out / "resampled.nii.gz", out / "qa.png")

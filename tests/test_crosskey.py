@@ -5,20 +5,25 @@ import pytest
 import torch
 
 from crossreg import datasets
+from crossreg.config import RegisterConfig
 from crossreg.errors import CrossregError
 from crossreg.features.crosskey import (
     CrossKeyConfig,
+    CrossKeyFeatures,
     DescriptorNet,
     ModelLoadError,
-    describe_crosskey,
     load_model,
     save_model,
 )
-from crossreg.register import RegisterConfig, register
+from crossreg.register import register
 from crossreg.resample import working_image
 from crossreg.synth.geometry import extract_slice
 
 SMALL_2D = CrossKeyConfig(ndim=2, channels=(4, 8), out_dim=16, hidden=32)
+
+
+def descriptors(net: DescriptorNet, image, points: torch.Tensor) -> torch.Tensor:
+    return CrossKeyFeatures(net).describe(image).at(points)
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +36,10 @@ def test_descriptors_are_unit_and_read_at_world_points(axial):
     net = DescriptorNet(SMALL_2D).eval()
     idx = np.array([[20, 30], [50, 60], [40, 41]])
     points = torch.from_numpy(axial.grid.index_to_world(idx.astype(float))).float()
-    desc = describe_crosskey(net, axial, points)
+    desc = descriptors(net, axial, points)
     assert desc.shape == (3, 16)
     np.testing.assert_allclose(desc.norm(dim=1).numpy(), 1.0, atol=1e-5)
-    again = describe_crosskey(net, axial, points.flip(0))
+    again = descriptors(net, axial, points.flip(0))
     np.testing.assert_allclose(again.flip(0).numpy(), desc.numpy(), atol=1e-6)  # per point, order-free
     assert not torch.allclose(desc[0], desc[1])
 
@@ -47,8 +52,8 @@ def test_weights_round_trip_in_fp16(axial, tmp_path):
     loaded, meta = load_model(path)
     points = torch.from_numpy(axial.grid.index_to_world(np.array([[30.0, 40.0], [60.0, 50.0]]))).float()
     np.testing.assert_allclose(
-        describe_crosskey(loaded, axial, points).numpy(),
-        describe_crosskey(net, axial, points).numpy(),
+        descriptors(loaded, axial, points).numpy(),
+        descriptors(net, axial, points).numpy(),
         atol=5e-3,
     )
     assert meta == {"kind": "test"} and loaded.config == SMALL_2D

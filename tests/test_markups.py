@@ -40,11 +40,11 @@ def test_matches_csv_round_trip(tmp_path, d):
     header = path.read_text().splitlines()[0]
     z = ",fixed_z" if d == 3 else ""
     assert header.startswith(f"id,fixed_x,fixed_y{z},moving_x")
-    assert header.endswith(",inlier,descriptor_distance")
+    assert header.endswith(",inlier,confidence")
     assert [p.name for p in tmp_path.iterdir()] == ["matches.csv"]  # no temp file left behind
 
 
-def test_matches_csv_without_distance_leaves_column_empty(tmp_path):
+def test_matches_csv_without_confidence_leaves_column_empty(tmp_path):
     fixed, moving, inlier, _ = _random_matches(3, 3)
     path = tmp_path / "m.csv"
     write_matches_csv(path, fixed, moving, inlier, None)

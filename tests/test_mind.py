@@ -10,9 +10,9 @@ import torch
 
 from crossreg.features.mind import (
     MindConfig,
-    dense_mind,
-    describe_mind,
     layout_offsets_mm,
+    mind_descriptors,
+    mind_maps,
     mind_ssc,
     ssc_pairs,
 )
@@ -32,7 +32,7 @@ def points_mm(work: Image) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def dense(work: Image) -> torch.Tensor:
-    return dense_mind(work)
+    return mind_maps(work)
 
 
 def _t2_like(image: Image, gm: np.ndarray, wm: np.ndarray, seed: int) -> Image:
@@ -83,7 +83,7 @@ def _mutual_nn(d0: torch.Tensor, d1: torch.Tensor, ratio: float = 0.9) -> tuple[
 def _matched_points(fixed: Image, moving: Image) -> tuple[torch.Tensor, torch.Tensor]:
     """Detect, describe and mutually match; matched world points ``(M, d)`` in fixed and moving."""
     k0, k1 = detect_keypoints(fixed), detect_keypoints(moving)
-    i0, i1 = _mutual_nn(describe_mind(fixed, k0.points_mm), describe_mind(moving, k1.points_mm))
+    i0, i1 = _mutual_nn(mind_descriptors(fixed, k0.points_mm), mind_descriptors(moving, k1.points_mm))
     return k0.points_mm[i0].double(), k1.points_mm[i1].double()
 
 
@@ -101,9 +101,9 @@ def test_dense_shapes_and_range(work: Image, dense: torch.Tensor) -> None:
 
 def test_world_mind_equals_classic_on_axis_aligned_grid(work: Image) -> None:
     """On an identity-direction grid world offsets are voxel offsets: the classic MIND, channels reordered."""
-    world = dense_mind(work, MindConfig(dilations_mm=(2.0,), patch_sigma_mm=0.0))
+    world = mind_maps(work, MindConfig(dilations_mm=(2.0,), patch_sigma_mm=0.0))
     classic = mind_ssc(torch.from_numpy(work.array), dilation_vox=1, patch_radius_vox=0)
-    array_pairs = [frozenset(p) for p in ssc_pairs(3)]  # steps in (z, y, x); dense_mind's are (x, y, z)
+    array_pairs = [frozenset(p) for p in ssc_pairs(3)]  # steps in (z, y, x); mind_maps's are (x, y, z)
     order = [array_pairs.index(frozenset((a[::-1], b[::-1]))) for a, b in ssc_pairs(3)]
     inner = (slice(None), *(slice(2, -2),) * 3)
     assert torch.allclose(world[inner], classic[order][inner], atol=1e-3)
@@ -113,8 +113,8 @@ def test_mind_invariant_to_affine_intensity(
     work: Image, points_mm: torch.Tensor, dense: torch.Tensor
 ) -> None:
     n = len(points_mm)
-    a = describe_mind(work, points_mm, dense=dense)
-    b = describe_mind(work.with_array(0.01 * work.array + 300.0, work.mask), points_mm)
+    a = mind_descriptors(work, points_mm, maps=dense)
+    b = mind_descriptors(work.with_array(0.01 * work.array + 300.0, work.mask), points_mm)
     assert a.shape == (n, 27 * 24) and a.dtype == torch.float32
     assert torch.allclose(a.norm(dim=1), torch.ones(n), atol=1e-5)
     assert float((a * b).sum(dim=1).min()) > 0.999
@@ -147,10 +147,10 @@ def test_descriptor_is_direction_consistent(
     other = _restored(t1, flip, order)
     assert np.allclose(resample(other, t1.grid, mode="nearest").array, t1.array)  # same physical image
     kps = points_mm[:200]
-    a, b = describe_mind(t1, kps), describe_mind(other, kps)
+    a, b = mind_descriptors(t1, kps), mind_descriptors(other, kps)
     assert float((a * b).sum(dim=1).min()) > 0.999
-    blind = describe_mind(other, kps, dense=_index_aligned_dense(other))
-    assert float((describe_mind(t1, kps, dense=_index_aligned_dense(t1)) * blind).sum(dim=1).mean()) < 0.95
+    blind = mind_descriptors(other, kps, maps=_index_aligned_dense(other))
+    assert float((mind_descriptors(t1, kps, maps=_index_aligned_dense(t1)) * blind).sum(dim=1).mean()) < 0.95
 
 
 def test_descriptor_on_oblique_grid(work: Image, points_mm: torch.Tensor) -> None:
@@ -161,10 +161,10 @@ def test_descriptor_on_oblique_grid(work: Image, points_mm: torch.Tensor) -> Non
     oblique = resample(t1_1mm, Grid(work.grid.shape, (2.0,) * 3, tuple(corner), rotation))
     aligned = resample(t1_1mm, work.grid)
     kps = points_mm[:300]
-    a, b = describe_mind(aligned, kps), describe_mind(oblique, kps)
+    a, b = mind_descriptors(aligned, kps), mind_descriptors(oblique, kps)
     cos = (a * b).sum(dim=1)
     assert float(cos.mean()) > 0.93 and float(cos.min()) > 0.8  # measured 0.966 and 0.90
-    blind = describe_mind(oblique, kps, dense=_index_aligned_dense(oblique))
+    blind = mind_descriptors(oblique, kps, maps=_index_aligned_dense(oblique))
     assert float((a * blind).sum(dim=1).mean()) < 0.5  # measured 0.14
 
 
@@ -172,7 +172,7 @@ def test_dense_passed_in_is_used_and_2d_layout(
     work: Image, points_mm: torch.Tensor, dense: torch.Tensor
 ) -> None:
     kps = points_mm[:50]
-    assert torch.equal(describe_mind(work, kps, dense=dense), describe_mind(work, kps))
+    assert torch.equal(mind_descriptors(work, kps, maps=dense), mind_descriptors(work, kps))
     assert layout_offsets_mm(2).shape == (25, 2) and layout_offsets_mm(3).shape == (27, 3)
     assert float(layout_offsets_mm(3).abs().max()) == MindConfig().layout_radius_mm
 

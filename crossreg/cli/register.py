@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from crossreg.cli.app import app
 from crossreg.cli.common import check_device, console, friendly_errors
+from crossreg.config import MATCHING
+from crossreg.estimate import MODELS
+from crossreg.features import FEATURES
 
-
-class FeatureChoice(str, Enum):
-    mind = "mind"
-    crosskey = "crosskey"
-
-
-class MatchingChoice(str, Enum):
-    auto = "auto"
-    dense = "dense"
-    sparse = "sparse"
-
-
-class ModelChoice(str, Enum):
-    rigid = "rigid"
-    similarity = "similarity"
-    affine = "affine"
+# Choices read from the registries: a kind added there is an option value here.
+ModelName = Literal[MODELS]  # type: ignore[valid-type]
+FeatureName = Literal[tuple(FEATURES)]  # type: ignore[valid-type]
+MatchingName = Literal[MATCHING]  # type: ignore[valid-type]
 
 
 @app.command()
@@ -52,23 +42,23 @@ def register(
         Path | None,
         typer.Option(help="Also write matches as CSV (world mm, LPS) plus Slicer *_fixed/_moving.mrk.json."),
     ] = None,
-    model: Annotated[ModelChoice, typer.Option(help="Transform family.")] = ModelChoice.rigid,
+    model: Annotated[ModelName, typer.Option(help="Transform family.")] = "rigid",
     features: Annotated[
-        FeatureChoice,
+        FeatureName,
         typer.Option(help="Descriptors: mind (any modality pair) or crosskey (learned, MRI <-> ultrasound)."),
-    ] = FeatureChoice.mind,
+    ] = "mind",
     weights: Annotated[
         Path | None,
         typer.Option(help="CrossKEY model file from `crossreg train` (default: the shipped one)."),
     ] = None,
     matching: Annotated[
-        MatchingChoice,
+        MatchingName,
         typer.Option(
             help="dense: a grid over the smaller image (e.g. an ultrasound cone) against a grid over the "
             "larger; sparse: keypoints on both; auto: dense for crosskey, and for mind where one field of "
             "view is under a quarter of the other."
         ),
-    ] = MatchingChoice.auto,
+    ] = "auto",
     refine: Annotated[bool, typer.Option(help="Intensity refinement (MIND-SSD) after RANSAC.")] = True,
     min_confidence: Annotated[
         float, typer.Option(help="Refuse (exit 3) a transform less confident than this (0..1).")
@@ -78,35 +68,31 @@ def register(
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing outputs.")] = False,
 ) -> None:
     """Register MOVING to FIXED with no manual initialisation; write the fixed->moving transform."""
-    from dataclasses import replace
-
+    from crossreg.config import RegisterConfig
     from crossreg.imageio import SAVE_SUFFIXES, load
     from crossreg.outputs import check_outputs, check_suffix
-    from crossreg.register import RegisterConfig, dense_setting
+    from crossreg.refine import RefineConfig
     from crossreg.register import register as run_register
-    from crossreg.result import Result
+    from crossreg.result_files import companion_paths
     from crossreg.viz import qa_suffixes
 
-    planned = [out, resampled, qa, matches, *(Result.companion_paths(matches) if matches else [])]
+    planned = [out, resampled, qa, matches, *(companion_paths(matches) if matches else [])]
     check_outputs(planned, force)
     check_suffix(out, (".tfm", ".txt"), "ITK text transform")
     check_suffix(qa, qa_suffixes(), "figure")
     check_device(device)
-    fixed_img, moving_img = load(fixed), load(moving)
-    check_suffix(resampled, SAVE_SUFFIXES[fixed_img.ndim], f"{fixed_img.ndim}D image")
-    weights_path = None if weights is None else str(weights)
-    dense = dense_setting(matching.value)
     config = RegisterConfig(
-        model.value,
-        features.value,
-        weights_path,
-        dense=dense,
+        model=model,
+        features=features,
+        weights=None if weights is None else str(weights),
+        matching=matching,
+        refine=RefineConfig() if refine else None,
         min_confidence=min_confidence,
         device=device,
         seed=seed,
     )
-    if not refine:
-        config = replace(config, refine=None)
+    fixed_img, moving_img = load(fixed), load(moving)
+    check_suffix(resampled, SAVE_SUFFIXES[fixed_img.ndim], f"{fixed_img.ndim}D image")
     with console.status("registering") as status:
         result = run_register(fixed_img, moving_img, config, on_stage=lambda s: status.update(s))
     result.save(out, resampled, qa, matches)

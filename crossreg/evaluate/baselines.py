@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from crossreg.config import DenseConfig, RegisterConfig
 from crossreg.errors import NoOverlapError, RegistrationFailed
 from crossreg.features.crosskey import default_weights_path
 from crossreg.image import Image, fov_mask
 from crossreg.imageio import to_sitk
-from crossreg.register import DenseConfig, RegisterConfig, register
+from crossreg.register import register
 from crossreg.transform import AffineTransform, from_sitk, read_transform
 
 
@@ -282,15 +283,16 @@ def default_methods(device: str = "cpu", weights: str | None = None) -> list[Met
     and without refinement, and without refinement or MIND-SSC re-ranking (``crosskey-learned``: the
     learned descriptor alone); SimpleITK, ANTsPy and elastix rigid."""
     crosskey = RegisterConfig(features="crosskey", weights=weights, device=device)
+    learned_alone = replace(crosskey, refine=None, dense=DenseConfig(shortlist=0))
     return [
         Method("identity", identity),
         crossreg_method("crossreg", RegisterConfig(device=device)),
         crossreg_method("crossreg-norefine", RegisterConfig(device=device, refine=None)),
-        crossreg_method("crossreg-sparse", RegisterConfig(device=device, dense=None)),
-        crossreg_method("crossreg-dense", RegisterConfig(device=device, dense=DenseConfig())),
+        crossreg_method("crossreg-sparse", RegisterConfig(device=device, matching="sparse")),
+        crossreg_method("crossreg-dense", RegisterConfig(device=device, matching="dense")),
         crossreg_method("crosskey", crosskey),
         crossreg_method("crosskey-norefine", replace(crosskey, refine=None)),
-        crossreg_method("crosskey-learned", replace(crosskey, refine=None, dense=DenseConfig(shortlist=0))),
+        crossreg_method("crosskey-learned", learned_alone),
         Method("simpleitk-mi", sitk_rigid),
         Method("ants-rigid", ants_rigid, ("ants",)),
         Method("elastix-rigid", elastix_rigid, ("itk.ElastixPython",)),

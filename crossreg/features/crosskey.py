@@ -12,9 +12,11 @@ the moving image; see crossreg.train).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -22,10 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossreg.errors import CrossregError
-from crossreg.features.mind import MindConfig, dense_mind, ssc_pairs
+from crossreg.features.base import Description
+from crossreg.features.mind import MindConfig, mind_descriptors, mind_maps, ssc_pairs
 from crossreg.image import Image
 from crossreg.outputs import atomic_write
 from crossreg.resample import grid_coords
+
+if TYPE_CHECKING:
+    from crossreg.config import RegisterConfig
 
 #: The general model shipped with the package (trained by ``crossreg train general``).
 DEFAULT_WEIGHTS = "crosskey_general_v2.pt"
@@ -96,7 +102,7 @@ class DescriptorNet(nn.Module):
             maps.append(x)
         return maps
 
-    def describe(self, maps: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
+    def descriptors_at(self, maps: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
         """Unit descriptors ``(N, out_dim)`` at grid_sample coordinates ``coords`` ``(N, d)`` (x, y, z
         order, -1..1 at the corner voxel centres) of batch item 0."""
         d = coords.shape[-1]
@@ -112,27 +118,56 @@ class DescriptorNet(nn.Module):
 
 def network_input(work: Image, config: CrossKeyConfig, mind: torch.Tensor | None = None) -> torch.Tensor:
     """``(1, config.in_channels, *work.shape)``: intensity (0 outside the mask), mask and, with
-    ``config.mind_input``, the dense MIND-SSC maps (0 outside the mask) of a working image
-    (``mind``: ``dense_mind(work)`` with the default :class:`MindConfig`, if already computed)."""
+    ``config.mind_input``, the MIND-SSC maps (0 outside the mask) of a working image (``mind``:
+    ``mind_maps(work)`` with the default :class:`MindConfig`, if already computed)."""
     mask = work.valid_mask()
     array = np.where(mask, work.array, 0.0).astype(np.float32)
     inputs = torch.from_numpy(np.stack([array, mask.astype(np.float32)]))
     if config.mind_input:
-        maps = dense_mind(work) if mind is None else mind.cpu()
+        maps = mind_maps(work) if mind is None else mind.cpu()
         inputs = torch.cat([inputs, maps * inputs[1:2]])
     return inputs[None]
 
 
-def describe_crosskey(
-    net: DescriptorNet, work: Image, points_mm: torch.Tensor, mind: torch.Tensor | None = None
+def _read_levels(
+    net: DescriptorNet, work: Image, levels: list[torch.Tensor], points_mm: torch.Tensor
 ) -> torch.Tensor:
-    """Unit descriptors ``(N, out_dim)`` float32 of world points ``(N, d)`` on a :func:`working_image`,
-    on the network's device (``mind``: as for :func:`network_input`)."""
-    device = next(net.parameters()).device
+    """Unit descriptors ``(N, out_dim)`` float32 of world points ``(N, d)``, from the encoder levels
+    of ``work``, on the network's device."""
     coords = torch.from_numpy(grid_coords(work.grid, points_mm.detach().cpu().double().numpy()))
     with torch.no_grad():
-        maps = net.feature_maps(network_input(work, net.config, mind).to(device))
-        return net.describe(maps, coords.to(device)).float()
+        return net.descriptors_at(levels, coords.to(levels[0].device)).float()
+
+
+@dataclass(frozen=True, eq=False)
+class CrossKeyFeatures:
+    """Learned CrossKEY descriptors (MRI <-> ultrasound), re-ranked by MIND-SSC: the ``crosskey`` entry
+    of ``FEATURES``. The learned descriptor finds the anatomy brain-wide; MIND-SSC's 3x3x3 layout
+    places it to the voxel among the learned shortlist (``DenseConfig.shortlist``)."""
+
+    net: DescriptorNet
+    mind: MindConfig = field(default_factory=MindConfig)
+    dense_by_default: ClassVar[bool] = True  # trained on grids of candidates
+
+    def describe(self, image: Image) -> Description:
+        """The encoder run once over ``image``; descriptors read at any point from its levels."""
+        device = next(self.net.parameters()).device
+        maps = mind_maps(image, self.mind).to(device)
+        # The network reads the MIND-SSC maps it was trained on; other settings only re-rank.
+        network_maps = maps if self.mind == MindConfig() else None
+        with torch.no_grad():
+            levels = self.net.feature_maps(network_input(image, self.net.config, network_maps).to(device))
+        reread = partial(mind_descriptors, image, config=self.mind, maps=maps)
+        return Description(image, partial(_read_levels, self.net, image, levels), reread)
+
+
+def crosskey_features(config: RegisterConfig, ndim: int) -> CrossKeyFeatures:
+    """CrossKEY features of ``config.weights`` (the shipped model if None) on ``config.device``; raises
+    CrossregError when the model is not ``ndim``-dimensional."""
+    net, _ = load_model(config.weights, config.device)
+    if net.config.ndim != ndim:
+        raise CrossregError(f"the descriptor model is {net.config.ndim}D but the images are {ndim}D")
+    return CrossKeyFeatures(net, config.mind)
 
 
 # ---------------------------------------------------------------- weights files

@@ -5,20 +5,23 @@ self-similarity context", MICCAI 2013. Each channel compares two patches of the 
 on neighbouring voxels of the centre (pairs of the 2d-neighbourhood that are sqrt(2) apart: 12 in 3D,
 4 in 2D), so it describes local structure, not intensity, and survives modality changes.
 
-``dense_mind`` computes it with neighbour offsets along the *world* axes (in mm), so the channels mean
-the same thing whatever the direction matrix or axis order of the grid; ``describe_mind`` turns the
-dense maps into one vector per keypoint by sampling them on a world-aligned pattern around it.
+``mind_maps`` computes it with neighbour offsets along the *world* axes (in mm), so the channels mean
+the same thing whatever the direction matrix or axis order of the grid; ``mind_descriptors`` turns
+the maps into one vector per keypoint by sampling them on a world-aligned pattern around it.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from crossreg.features.base import Description
 from crossreg.filters import box_mean, gaussian_blur
 from crossreg.image import Grid, Image
 from crossreg.resample import grid_coords, sampling_theta
@@ -79,7 +82,7 @@ def mind_ssc(volume: torch.Tensor, dilation_vox: int = 1, patch_radius_vox: int 
     """Dense MIND-SSC of ``volume`` ``(*spatial)``: ``(P, *spatial)``, P = 12 (3D) or 4 (2D), in [0, 1].
 
     dilation_vox: neighbour distance in voxels; patch_radius_vox: radius of the compared patches.
-    Offsets are along the array axes; use :func:`dense_mind` for world-aligned channels.
+    Offsets are along the array axes; use :func:`mind_maps` for world-aligned channels.
     """
     x = volume.float()
     pairs = ssc_pairs(x.dim())
@@ -117,7 +120,7 @@ def _world_mind(x: torch.Tensor, grid: Grid, dilation_mm: float, patch_sigma_mm:
     return _self_similarity(gaussian_blur(ssd, sigma_vox))
 
 
-def dense_mind(image: Image, config: MindConfig = MindConfig()) -> torch.Tensor:
+def mind_maps(image: Image, config: MindConfig = MindConfig()) -> torch.Tensor:
     """World-aligned MIND-SSC of ``image``, all dilations stacked: ``(C, *spatial)`` float32.
 
     C = 12 (3D) or 4 (2D) per dilation. Channel ``k`` compares the same world-axis neighbours on any
@@ -135,25 +138,39 @@ def layout_offsets_mm(ndim: int, config: MindConfig = MindConfig()) -> torch.Ten
     return torch.stack([m.reshape(-1) for m in mesh], dim=1)
 
 
-def describe_mind(
+def mind_descriptors(
     image: Image,
     points_mm: torch.Tensor,
     config: MindConfig = MindConfig(),
-    dense: torch.Tensor | None = None,
+    maps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L2-normalised MIND-SSC descriptors ``(N, K * C)`` float32 of world points ``(N, d)`` mm.
 
-    dense: ``dense_mind(image, config)`` if already computed, ``(C, *image.shape)``, on any device;
+    maps: ``mind_maps(image, config)`` if already computed, ``(C, *image.shape)``, on any device;
     the descriptors come back on its device. Samples (trilinear) outside the image read as zero;
     a point with its whole layout outside gets the zero vector.
     """
-    dense = dense_mind(image, config) if dense is None else dense
+    maps = mind_maps(image, config) if maps is None else maps
     d = image.ndim
     offsets = layout_offsets_mm(d, config)
-    n, k, c = points_mm.shape[0], offsets.shape[0], dense.shape[0]
+    n, k, c = points_mm.shape[0], offsets.shape[0], maps.shape[0]
     world = (points_mm.detach().cpu().double()[:, None, :] + offsets[None]).reshape(-1, d)
     coords = grid_coords(image.grid, world.numpy())
-    coords = torch.from_numpy(coords).to(dense.device, dense.dtype).view(1, n, k, *[1] * (d - 2), d)
-    values = F.grid_sample(dense[None], coords, mode="bilinear", padding_mode="zeros", align_corners=True)
+    coords = torch.from_numpy(coords).to(maps.device, maps.dtype).view(1, n, k, *[1] * (d - 2), d)
+    values = F.grid_sample(maps[None], coords, mode="bilinear", padding_mode="zeros", align_corners=True)
     desc = values.reshape(c, n, k).permute(1, 2, 0).reshape(n, k * c)
     return F.normalize(desc - desc.mean(dim=1, keepdim=True), dim=1).float()
+
+
+@dataclass(frozen=True)
+class MindFeatures:
+    """MIND-SSC, hand-crafted for any modality pair: the ``mind`` entry of ``FEATURES``."""
+
+    config: MindConfig = field(default_factory=MindConfig)
+    device: str = "cpu"
+    dense_by_default: ClassVar[bool] = False
+
+    def describe(self, image: Image) -> Description:
+        """``image``'s dense MIND-SSC maps, computed once, read at any point."""
+        maps = mind_maps(image, self.config).to(self.device)
+        return Description(image, partial(mind_descriptors, image, config=self.config, maps=maps))

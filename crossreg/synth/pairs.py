@@ -6,8 +6,8 @@ Files written to the output folder (world coordinates in mm, LPS, as everywhere 
 - ``true_transform.tfm``: ITK text transform mapping fixed points to moving points (crossreg's
   convention: ``SimpleITK.Resample(moving, fixed, T)`` brings the moving image onto the fixed one);
 - ``landmarks.csv``: corresponding points, the match CSV layout of :mod:`crossreg.markups`
-  (``id, fixed_x, fixed_y[, fixed_z], moving_x, moving_y[, moving_z], inlier, descriptor_distance``;
-  every row an inlier, no descriptor distance);
+  (``id, fixed_x, fixed_y[, fixed_z], moving_x, moving_y[, moving_z], inlier, confidence``;
+  every row an inlier, confidence empty);
 - ``landmarks_fixed.mrk.json``, ``landmarks_moving.mrk.json``: the same points as 3D Slicer markups.
 """
 

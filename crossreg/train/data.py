@@ -17,7 +17,7 @@ import torch
 
 from crossreg.errors import CrossregError, EmptyRegionError
 from crossreg.features.crosskey import CrossKeyConfig, network_input
-from crossreg.image import Image, fov_mask
+from crossreg.image import Image
 from crossreg.keypoints import KeypointConfig, detect_keypoints
 from crossreg.resample import grid_coords, working_image
 from crossreg.synth.cases import make_case
@@ -34,7 +34,7 @@ class PairConfig:
     """How training pairs are drawn.
 
     working_spacing_mm: the grid descriptors are learned on (registration's working grid for a brain,
-    see crossreg.register.working_spacing). max_angle_deg: rotation between MRI and ultrasound at the
+    see crossreg.plan.working_spacing). max_angle_deg: rotation between MRI and ultrasound at the
     end of the curriculum (it grows from ``start_angle_deg`` over ``curriculum_pairs`` pairs; per rank
     under DDP, as the pairs per step are: the training loop scales it by the number of ranks).
     fixed_contrasts: what the MRI side shows, drawn uniformly (``t1``, ``t2`` T2-like, ``random`` LUT).
@@ -145,7 +145,7 @@ def _draw_pair(
         )
         fixed_input = network_input(fixed, network)
     moving = working_image(case.moving, config.working_spacing_mm)
-    kps = detect_keypoints(moving, config.keypoints, seed=int(rng.integers(2**31)))
+    kps = detect_keypoints(moving, config.keypoints, int(rng.integers(2**31)), moving.valid_mask())
     moving_mm = np.concatenate([kps.points_mm.double().numpy(), case.landmarks_moving_mm])
     fixed_mm = case.true_transform.inverse().apply(moving_mm)
     inside = fixed.grid.contains(fixed_mm)
@@ -179,7 +179,7 @@ def _unchanged_mri(image: Image, spacing_mm: float, network: CrossKeyConfig) -> 
 
 def _bank(work: Image, n: int, rng: np.random.Generator) -> np.ndarray:
     """``(n, d)`` world points drawn uniformly (voxel plus sub-voxel jitter) in a working image's FOV."""
-    voxels = np.argwhere(work.valid_mask() & fov_mask(work))
+    voxels = np.argwhere(work.valid_mask())
     picked = voxels[rng.integers(len(voxels), size=n)] + rng.uniform(-0.5, 0.5, (n, work.ndim))
     return work.grid.index_to_world(picked[:, ::-1])
 

@@ -92,18 +92,18 @@ def _pair_loss(
     core = net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
     fixed_maps = net(pair.fixed_input)
     moving_maps = net(pair.moving_input)
-    desc_f = core.describe(fixed_maps, pair.fixed_coords)
-    desc_m = core.describe(moving_maps, pair.moving_coords)
+    desc_f = core.descriptors_at(fixed_maps, pair.fixed_coords)
+    desc_m = core.descriptors_at(moving_maps, pair.moving_coords)
     bank = None
     if config.loss.kind == "bank":
-        bank = (core.describe(fixed_maps, pair.bank_coords).float(), pair.bank_mm)
+        bank = (core.descriptors_at(fixed_maps, pair.bank_coords).float(), pair.bank_mm)
     return descriptor_loss(
         desc_f.float(), desc_m.float(), pair.positions_mm, hardness, config.loss, generator, bank
     )
 
 
 class _Encoder(torch.nn.Module):
-    """``forward`` = feature maps, so DDP sees the encoder call (the head runs in ``describe``)."""
+    """``forward`` = feature maps, so DDP sees the encoder call (the head runs in ``descriptors_at``)."""
 
     def __init__(self, net: DescriptorNet) -> None:
         super().__init__()
@@ -112,8 +112,8 @@ class _Encoder(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.net.feature_maps(x)
 
-    def describe(self, maps: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
-        return self.net.describe(maps, coords)
+    def descriptors_at(self, maps: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
+        return self.net.descriptors_at(maps, coords)
 
 
 def train(

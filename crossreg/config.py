@@ -1,0 +1,98 @@
+"""The settings of a registration: :class:`RegisterConfig` and the two ways of matching it chooses from.
+
+Every setting has one owner. Sparse matching (keypoints on both images) and dense matching (grids,
+no detection) each own their RANSAC settings, because their matches differ in kind: sparse matches
+passed a ratio and a mutual test, dense ones did not, and neighbouring dense queries see overlapping
+anatomy, so their wrong matches agree with each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from crossreg.correspond import MATCHERS
+from crossreg.errors import InvalidConfigError
+from crossreg.estimate import MODELS, RansacConfig
+from crossreg.features import FEATURES
+from crossreg.features.mind import MindConfig
+from crossreg.keypoints import KeypointConfig
+from crossreg.matching import MatchConfig
+from crossreg.refine import RefineConfig
+from crossreg.transform import Model
+
+Mode = Literal["sparse", "dense"]
+#: ``RegisterConfig.matching`` values: ``auto`` or a matcher of :data:`crossreg.correspond.MATCHERS`.
+MATCHING = ("auto", *MATCHERS)
+
+
+@dataclass(frozen=True)
+class SparseConfig:
+    """Sparse matching: keypoints detected on both images, mutual nearest neighbours with a ratio test.
+    Precise where both images show the same anatomy; blind where the smaller image's keypoints do not
+    recur in the larger one."""
+
+    keypoints: KeypointConfig = field(default_factory=KeypointConfig)  # where to look on each image
+    matching: MatchConfig = field(default_factory=MatchConfig)  # which nearest neighbours are kept
+    ransac: RansacConfig = field(default_factory=RansacConfig)
+
+
+def _dense_ransac() -> RansacConfig:
+    # Every query is matched, so most matches are wrong: many hypotheses; neighbouring wrong matches
+    # agree, so matches within 8 mm count as one piece of evidence; the inliers are the share of the
+    # smaller image the transform explains, and two unrelated skin surfaces can agree on a few dozen.
+    return RansacConfig(iterations=20000, independence_mm=8.0, min_inlier_fraction=0.05)
+
+
+@dataclass(frozen=True)
+class DenseConfig:
+    """Dense matching (UAE-style), no keypoint detection: every query point of the image with the
+    smaller field of view takes its nearest candidate among a grid over the larger one. No ratio or
+    mutual test: in a small cone most points are ambiguous, and RANSAC, not a test, sorts the few
+    right matches from the rest. Grid steps are rounded up to whole working voxels."""
+
+    spacing_mm: float = 2.0  # candidates: a grid over the larger field of view, one every this
+    query_spacing_mm: float = 3.0  # queries: a grid over the smaller field of view
+    max_queries: int = 1500  # the query grid grows coarser where it would hold more points
+    border_mm: float = 2.0  # both grids keep this far inside their field of view
+    shortlist: int = 64  # features with a re-ranking descriptor: how many candidates it ranks (0: off)
+    ransac: RansacConfig = field(default_factory=_dense_ransac)
+
+    def __post_init__(self) -> None:
+        if min(self.spacing_mm, self.query_spacing_mm) <= 0 or self.border_mm < 0:
+            raise InvalidConfigError(f"DenseConfig needs positive grid spacings and border_mm >= 0: {self}")
+        if self.max_queries < 1 or self.shortlist < 0:
+            raise InvalidConfigError(f"DenseConfig needs max_queries >= 1 and shortlist >= 0: {self}")
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    """Everything that determines a registration, with the seed and (learned features) a weights file."""
+
+    model: Model = "rigid"  # transform family: rigid, similarity or affine
+    features: str = "mind"  # a kind of crossreg.features.FEATURES: mind (any pair), crosskey (MR-US)
+    weights: str | None = None  # learned features' weights file; None: the model shipped for them
+    working_spacing_mm: float | None = None  # isotropic working grid; None: from the images' extent
+    matching: str = "auto"  # sparse, dense, or auto: plan.choose_mode decides per pair
+    sparse: SparseConfig = field(default_factory=SparseConfig)
+    dense: DenseConfig = field(default_factory=DenseConfig)
+    mind: MindConfig = field(default_factory=MindConfig)  # MIND-SSC as features, and as re-ranking
+    refine: RefineConfig | None = field(default_factory=RefineConfig)  # intensity polish; None: off
+    min_confidence: float = 0.5  # a less confident transform is refused (docs/reliability.md)
+    device: str = "cpu"  # torch device of descriptors and refinement: cpu, cuda, cuda:N
+    seed: int = 0  # keypoint sampling and RANSAC
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("model", self.model, MODELS),
+            ("features", self.features, tuple(FEATURES)),
+            ("matching", self.matching, MATCHING),
+        ):
+            if value not in allowed:
+                raise InvalidConfigError(f"{name} {value!r} is unknown; choose from {', '.join(allowed)}")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise InvalidConfigError(f"min confidence {self.min_confidence:g}: expected a value in [0, 1]")
+
+    def settings(self, mode: Mode) -> SparseConfig | DenseConfig:
+        """The settings of one way of matching."""
+        return self.sparse if mode == "sparse" else self.dense

@@ -1,0 +1,64 @@
+"""describe: where to look on each image of a pair, and what each of those points looks like.
+
+Sparse plans detect keypoints on both working images; dense plans lay grids instead: candidates every
+``DenseConfig.spacing_mm`` over the reference, queries every ``query_spacing_mm`` over the query
+image (coarser where there would be more than ``max_queries``). Either way both images then go
+through the same features, which describe each image once and read descriptors at its points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from crossreg.config import RegisterConfig
+from crossreg.features import Description, Features
+from crossreg.keypoints import detect_keypoints, grid_points
+from crossreg.plan import Plan, Side
+
+
+@dataclass(frozen=True, eq=False)
+class Described:
+    """One image of a pair, described at its points.
+
+    side: the image and its role. points_mm: ``(N, d)`` float32 CPU, world mm LPS. descriptors:
+    ``(N, C)`` float32 on the features' device. description: to read descriptors at other points.
+    """
+
+    side: Side
+    points_mm: torch.Tensor
+    descriptors: torch.Tensor
+    description: Description
+
+    def __len__(self) -> int:
+        return int(self.points_mm.shape[0])
+
+
+def describe(plan: Plan, features: Features, config: RegisterConfig) -> tuple[Described, Described]:
+    """The query and the reference image of ``plan``, described at their points."""
+    query, reference = (
+        _described(side, features, points_of(side, plan, config)) for side in (plan.query, plan.reference)
+    )
+    return query, reference
+
+
+def points_of(side: Side, plan: Plan, config: RegisterConfig) -> torch.Tensor:
+    """World points ``(N, d)`` float32 where ``side`` is described: its keypoints (sparse plans), or
+    its grid of queries or of candidates (dense plans), inside its field of view."""
+    image = side.image
+    if plan.mode == "sparse":
+        return detect_keypoints(image, config.sparse.keypoints, side.seed, image.valid_mask()).points_mm
+    dense = config.dense
+    if side is plan.reference:
+        points = grid_points(image, image.valid_mask(), dense.border_mm, dense.spacing_mm)
+    else:
+        points = grid_points(
+            image, image.valid_mask(), dense.border_mm, dense.query_spacing_mm, dense.max_queries
+        )
+    return torch.from_numpy(points).float()
+
+
+def _described(side: Side, features: Features, points_mm: torch.Tensor) -> Described:
+    description = features.describe(side.image)
+    return Described(side, points_mm, description.at(points_mm), description)
