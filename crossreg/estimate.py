@@ -55,25 +55,24 @@ _MIN_SPREAD_FRACTION = 0.5
 
 @dataclass(frozen=True)
 class RansacConfig:
-    """LO-RANSAC settings.
+    """Settings of :func:`estimate`: LO-RANSAC and its failure tests; lengths in world millimetres."""
 
-    threshold_mm: a match is an inlier if the transform sends its src point within this of its dst point.
-    iterations: number of minimal-sample hypotheses drawn.
-    min_inliers: fewer inliers than this is a failure (:class:`RegistrationFailed`).
-    min_inlier_fraction: so is a smaller share of the matches as inliers (0: no such test; dense
-    matching, where every query is matched, uses it: two unrelated surfaces can agree on a few dozen).
-    refine_iterations: local-optimisation rounds (re-fit on all inliers, re-score).
-    chunk: hypotheses fitted and scored together; memory ~ ``chunk x M x d`` float64.
-    independence_mm: matches closer than this are counted as one in the confidence (module docstring);
-    0 counts every match.
-    """
-
+    # Inlier radius, mm (> 0): a match is an inlier if the transform sends its src point within this of
+    # its dst point. Samples whose points spread less than half of it are rejected as degenerate.
     threshold_mm: float = 4.0
+    # Minimal-sample hypotheses drawn (>= 1); their number also enters the confidence's Bonferroni bound.
     iterations: int = 4000
+    # Fewer inliers than this (>= 0) raises RegistrationFailed.
     min_inliers: int = 8
+    # So does a smaller share of the matches as inliers (0-1; 0: no such test). Dense matching, where
+    # every query is matched, uses it: two unrelated surfaces can agree on a few dozen matches.
     min_inlier_fraction: float = 0.0
+    # Local-optimisation rounds (>= 0): re-fit on all inliers and re-score, until the inliers are stable.
     refine_iterations: int = 5
+    # Hypotheses fitted and scored at once (>= 1); memory ~ chunk x M x d float64 for M matches.
     chunk: int = 500
+    # Cell side, mm: the confidence counts matches and inliers as the cells they occupy, so neighbouring
+    # matches count once (module docstring); 0 counts every match.
     independence_mm: float = 0.0
 
     def __post_init__(self) -> None:

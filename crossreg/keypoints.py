@@ -27,32 +27,35 @@ from crossreg.image import Image, fov_mask, robust_normalize
 
 @dataclass(frozen=True)
 class KeypointConfig:
-    """How keypoints are detected; all lengths in world millimetres.
-
-    scales_mm: Gaussian sigmas of the saliency scales. nms_radius_mm: kept keypoints are at least this
-    far apart. border_mm: kept keypoints are at least this far inside the field-of-view mask, so the
-    descriptor neighbourhood holds data. max_keypoints: cap on the number of detected keypoints. sampling:
-    "probabilistic" draws local maxima with probability ~ saliency**exponent (seeded), "top" keeps the
-    most salient. min_saliency: local maxima below this fraction of the 99th-percentile maximum are
-    noise and never returned.
+    """How :func:`detect_keypoints` finds keypoints; all lengths in world millimetres.
 
     Where fewer than ``min_keypoints`` maxima are found (a small ultrasound cone, the flat brain of a
-    CT), a regular grid of points is added inside the field of view eroded by ``grid_border_mm``, at
-    ``grid_spacing_mm`` or coarser so that at most about ``max_grid_points`` are added (score 0): a
-    descriptor can still be matched where no detector fires, and without points there is no match.
+    CT), a regular grid of points (score 0) is added: a descriptor can still be matched where no
+    detector fires, and without points there is no match.
     """
 
+    # Gaussian sigmas, mm (> 0, at least one), of the saliency scales; a voxel's saliency is its largest.
     scales_mm: tuple[float, ...] = (2.0, 3.0)
+    # Kept keypoints are at least this far apart, mm (non-maximum suppression, whole-voxel box).
     nms_radius_mm: float = 2.0
+    # Kept keypoints lie at least this far inside the field-of-view mask, mm, so the descriptor's
+    # neighbourhood holds data.
     border_mm: float = 10.0
-    max_keypoints: int = 1500
+    max_keypoints: int = 1500  # cap on the detected keypoints (>= 0); grid points come on top
+    # "top" keeps the most salient maxima; "probabilistic" draws them (seeded) with probability
+    # ~ saliency**exponent, so repeated draws cover more of the image.
     sampling: Literal["probabilistic", "top"] = "top"
-    exponent: float = 4.0
+    exponent: float = 4.0  # only with sampling="probabilistic"; higher favours the most salient
+    # Maxima below this fraction (0-1) of the strong keypoints' saliency (99th percentile of the
+    # maxima) are noise and never returned.
     min_saliency: float = 0.1
+    # Fewer detected keypoints than this (a count; 0: never) adds the grid (what it does for CT:
+    # docs/benchmarks.md).
     min_keypoints: int = 300
-    grid_border_mm: float = 4.0
+    grid_border_mm: float = 4.0  # grid points lie at least this far inside the field of view, mm
+    # Grid step, mm, rounded up to whole voxels per axis; coarser where it would exceed max_grid_points.
     grid_spacing_mm: float = 3.0
-    max_grid_points: int = 4000
+    max_grid_points: int = 4000  # about the most grid points added (a count)
 
     def __post_init__(self) -> None:
         if self.sampling not in ("probabilistic", "top"):

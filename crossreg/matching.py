@@ -18,16 +18,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class MatchConfig:
-    """Which nearest-neighbour pairs :func:`match` keeps.
+    """Which nearest-neighbour pairs :func:`match` keeps."""
 
-    max_ratio: keep ``desc0[i]`` only if its nearest / second-nearest distance in ``desc1`` is at most
-        this (Lowe's ratio test); 1.0 disables the test.
-    mutual: keep a pair only if each descriptor is the other's nearest neighbour.
-    chunk_size: rows of ``desc0`` compared at once; memory holds ``chunk_size x N1`` distances.
-    """
-
+    # Lowe's ratio test: keep desc0[i] only if its nearest / second-nearest descriptor distance in desc1
+    # is at most this (> 0; the ratio never exceeds 1, so 1.0 disables the test).
     max_ratio: float = 0.9
-    mutual: bool = True
+    mutual: bool = True  # keep a pair only if each descriptor is the other's nearest neighbour
+    # Rows of desc0 compared at once (>= 1): memory holds chunk_size x N1 distances.
     chunk_size: int = 2048
 
     def __post_init__(self) -> None:

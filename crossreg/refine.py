@@ -38,24 +38,26 @@ _MARGIN_MM = 20.0  # room around the initial overlap for the transform to move i
 
 @dataclass(frozen=True)
 class RefineConfig:
-    """Settings of :func:`refine`.
+    """Settings of :func:`refine`: the metric, the spacing pyramid and Adam's stopping rules.
 
-    metric: "mind" (mean squared difference of dense MIND-SSC descriptors) or "mi" (Parzen-window
-    mutual information of intensities, ``mi_bins`` Gaussian bins). levels_mm: working-grid spacing of
-    each pyramid level, coarse to fine. iterations: most Adam steps per level; a level ends early once
-    the loss has not improved by a fraction ``tolerance`` for ``patience`` steps. learning_rate: Adam
-    step as a fraction of the level spacing (every parameter is in mm of displacement at the overlap's
-    radius). min_overlap_fraction: refine refuses when the overlap holds less than this share of the
-    smaller field of view (a small ultrasound cone inside a whole-brain MRI overlaps fully).
+    Every correction parameter is in mm of displacement at the overlap's radius, so one step size
+    suits rotation and translation alike.
     """
 
+    # "mind": mean squared difference of dense MIND-SSC descriptors; "mi": Parzen-window mutual
+    # information of intensities.
     metric: Metric = "mind"
+    # Working-grid spacing of each pyramid level, mm (> 0, at least one), coarse to fine.
     levels_mm: tuple[float, ...] = (4.0, 2.0)
-    iterations: int = 100
+    iterations: int = 100  # most Adam steps per level (>= 1); the step size decays on a cosine over them
+    # Adam's initial step as a fraction of the level's spacing: learning_rate x spacing mm per parameter.
     learning_rate: float = 0.05
+    # A level ends early once the loss has not improved for this many steps ...
     patience: int = 20
-    tolerance: float = 1e-4
-    mi_bins: int = 32
+    tolerance: float = 1e-4  # ... by at least this fraction of its value
+    mi_bins: int = 32  # Gaussian Parzen bins of "mi" (>= 2)
+    # Refine refuses (NoOverlapError) when the overlap holds less than this share (0-1) of the smaller
+    # field of view (a small ultrasound cone inside a whole-brain MRI overlaps fully).
     min_overlap_fraction: float = 0.05
 
     def __post_init__(self) -> None:

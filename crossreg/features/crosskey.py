@@ -44,14 +44,16 @@ class ModelLoadError(CrossregError):
 
 @dataclass(frozen=True)
 class CrossKeyConfig:
-    """Architecture: ``channels`` per encoder level (each level halves the resolution after the
-    first), descriptor size ``out_dim``; ``ndim`` 2 or 3; ``mind_input``: the encoder also reads the
-    dense MIND-SSC maps (default :class:`MindConfig`) besides intensity and mask."""
+    """Architecture of :class:`DescriptorNet`. The defaults are the shipped general model's
+    (``weights/crosskey_general_v2.md``); a weights file carries its own config."""
 
-    ndim: int = 3
+    ndim: int = 3  # image dimension: 2 or 3
+    # Feature channels per encoder level (non-empty); every level after the first halves the resolution.
     channels: tuple[int, ...] = (16, 32, 48, 64)
-    out_dim: int = 64
-    hidden: int = 128
+    out_dim: int = 64  # descriptor length (>= 1), L2-normalised
+    hidden: int = 128  # width of the MLP head's hidden layer
+    # The encoder also reads the dense MIND-SSC maps (default MindConfig) besides intensity and mask;
+    # why: docs/benchmarks.md (training runs with and without them).
     mind_input: bool = True
 
     @property

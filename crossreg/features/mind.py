@@ -31,16 +31,17 @@ from crossreg.resample import grid_coords, sampling_theta
 class MindConfig:
     """Dense MIND-SSC and the sparse keypoint descriptor built on it; lengths in world mm.
 
-    dilations_mm: neighbour distances of the self-similarity pairs, one 12- (3D) or 4-channel (2D)
-    block each. patch_sigma_mm: Gaussian width of the compared patches. The keypoint descriptor
-    samples the dense maps on a world-aligned grid of ``layout_size_2d**2`` / ``layout_size_3d**3``
-    positions spanning ``+-layout_radius_mm`` around the keypoint: 5x5x8 = 200 dims in 2D, 3x3x3x24
-    = 648 in 3D. 2D takes more positions because it has a third of the channels per position.
+    The keypoint descriptor samples the dense maps on a world-aligned grid of positions around the
+    keypoint: with the defaults 5x5 positions x 8 channels = 200 dims in 2D, 3x3x3 x 24 = 648 in 3D.
     """
 
+    # Neighbour distances, mm, of the self-similarity pairs; one 12- (3D) or 4-channel (2D) block each.
     dilations_mm: tuple[float, ...] = (2.0, 4.0)
-    patch_sigma_mm: float = 1.5
+    patch_sigma_mm: float = 1.5  # Gaussian sigma of the compared patches, mm
+    # The sampling grid spans +-this around the keypoint along each world axis, mm.
     layout_radius_mm: float = 8.0
+    # Positions per axis of the sampling grid (a count). 2D takes more than 3D: it has a third of the
+    # channels per position.
     layout_size_2d: int = 5
     layout_size_3d: int = 3
 

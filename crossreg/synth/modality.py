@@ -29,51 +29,46 @@ Range = tuple[float, float]
 
 @dataclass(frozen=True)
 class T2Config:
-    """Relative T2-weighted signal per tissue (0-1), each drawn uniformly from its range.
+    """Tissue signals of :func:`t2_like`, each drawn uniformly from its (low, high) range.
 
-    Defaults follow 1.5-3 T T2w contrast: CSF much brighter than grey matter, grey brighter than white.
+    Signals are relative T2-weighted intensities (0-1). Defaults follow 1.5-3 T T2w contrast: CSF
+    much brighter than grey matter, grey brighter than white.
     """
 
-    csf: Range = (0.85, 1.0)
-    gm: Range = (0.45, 0.6)
-    wm: Range = (0.25, 0.38)
+    csf: Range = (0.85, 1.0)  # cerebrospinal fluid
+    gm: Range = (0.45, 0.6)  # grey matter
+    wm: Range = (0.25, 0.38)  # white matter
 
 
 @dataclass(frozen=True)
 class CTConfig:
-    """Hounsfield units per tissue (each drawn from its range) and the synthetic head layers, in mm.
+    """Tissue values and head layers of :func:`ct_like`; a (low, high) range is drawn uniformly."""
 
-    csf_gap_mm: CSF/meninges between the brain-mask surface and the inner table of the skull;
-    skull_mm: skull thickness range; scalp_mm: soft tissue outside the skull; pad_mm: grid margin
-    added so the layers fit around a tightly cropped brain; blur_mm: Gaussian sigma of the scanner PSF.
-    """
-
-    csf_hu: Range = (0.0, 15.0)
+    # Hounsfield units (HU) per tissue.
+    csf_hu: Range = (0.0, 15.0)  # also fills the gap between the brain and the skull
     gm_hu: Range = (35.0, 45.0)
     wm_hu: Range = (22.0, 30.0)
-    bone_hu: Range = (1200.0, 1800.0)
-    soft_tissue_hu: Range = (30.0, 60.0)
+    bone_hu: Range = (1200.0, 1800.0)  # the skull's inner and outer tables; the diploe between is darker
+    soft_tissue_hu: Range = (30.0, 60.0)  # scalp
     air_hu: float = -1000.0
-    csf_gap_mm: float = 1.5
-    skull_mm: Range = (5.0, 7.0)
-    scalp_mm: float = 5.0
-    pad_mm: float = 16.0
-    blur_mm: float = 0.5
+    # Layers outside the brain mask, and the grid around them, in mm.
+    csf_gap_mm: float = 1.5  # CSF/meninges between the brain-mask surface and the skull's inner table
+    skull_mm: Range = (5.0, 7.0)  # skull thickness
+    scalp_mm: float = 5.0  # soft tissue outside the skull
+    pad_mm: float = 16.0  # margin added to the grid so the layers fit around a tightly cropped brain
+    blur_mm: float = 0.5  # Gaussian sigma of the scanner's point-spread function
 
 
 @dataclass(frozen=True)
 class CorruptionConfig:
-    """Acquisition corruptions, each strength drawn uniformly from its range.
+    """Acquisition corruptions of :func:`corrupt`, each strength drawn uniformly from its range."""
 
-    bias_strength: largest |log gain| of a smooth multiplicative field (0.3: gains 0.74-1.35);
-    noise_sigma: noise standard deviation relative to the robust maximum (99th percentile);
-    blur_mm: Gaussian sigma in mm; rician: magnitude-image noise (MRI), else additive Gaussian (CT).
-    """
-
+    # Largest |log gain| of a smooth multiplicative bias field over the signal (0.3: gains 0.74-1.35).
     bias_strength: Range = (0.0, 0.3)
+    # Noise standard deviation as a fraction of the image's robust maximum (99th percentile).
     noise_sigma: Range = (0.0, 0.03)
-    blur_mm: Range = (0.0, 1.0)
-    rician: bool = True
+    blur_mm: Range = (0.0, 1.0)  # Gaussian blur sigma, mm
+    rician: bool = True  # magnitude-image (Rician) noise as in MRI; False: additive Gaussian as in CT
 
 
 def _draw(rng: np.random.Generator, bounds: Range) -> float:

@@ -37,41 +37,49 @@ def _ranged(default: float, low: float, high: float) -> float:
 
 @dataclass(frozen=True)
 class UltrasoundConfig:
-    """B-mode simulation parameters; each numeric field's physical range (``sample`` draws from it)
-    sits in its metadata. Echogenicities are mean scatter amplitudes; impedances are relative to CSF.
-
-    probe: curvilinear (fan/cone of ``opening_deg``) or linear (``width_mm`` aperture); depth_mm: image
-    depth. frequency_mhz x attenuation_db_cm_mhz: one-way tissue attenuation (fluid has none); tgc: the
-    fraction of it that time-gain compensation gives back. speckle_axial_mm / speckle_lateral_mm: PSF
-    Gaussian sigma along / across the beam, i.e. the speckle correlation lengths. boundary_mm: impedance
-    smoothing (sigma); reflection_gain: specular amplitude per unit reflectivity (mm); angle_power:
-    ``|cos|`` exponent of specular reflection; noise: receiver noise amplitude; dynamic_range_db and
-    gain_db: log compression. beam_step_mm: ray sampling (None: half the output spacing, >= 0.3 mm).
+    """B-mode simulation parameters of :func:`simulate_ultrasound`. A numeric field's physical range,
+    which :meth:`sample` draws from, stands beside its default: ``_ranged(default, low, high)``.
     """
 
-    probe: Probe = "curvilinear"
-    depth_mm: float = _ranged(60.0, 40.0, 80.0)
-    opening_deg: float = _ranged(70.0, 50.0, 90.0)
-    width_mm: float = _ranged(40.0, 25.0, 50.0)
+    # Probe and field of view.
+    probe: Probe = "curvilinear"  # "curvilinear" (a fan in 2D, a cone in 3D) or "linear"
+    depth_mm: float = _ranged(60.0, 40.0, 80.0)  # image depth along the rays, mm
+    opening_deg: float = _ranged(70.0, 50.0, 90.0)  # curvilinear: full opening angle, degrees
+    width_mm: float = _ranged(40.0, 25.0, 50.0)  # linear: aperture width, mm
+    # Attenuation: frequency_mhz x attenuation_db_cm_mhz dB/cm one way in tissue (fluid has none); tgc is
+    # the fraction (0-1) of it that time-gain compensation gives back.
     frequency_mhz: float = _ranged(7.0, 5.0, 12.0)
     attenuation_db_cm_mhz: float = _ranged(0.6, 0.4, 0.9)
     tgc: float = _ranged(0.7, 0.5, 0.9)
+    # Point-spread function: Gaussian sigma along / across the beam (across: at mid-depth), mm; these
+    # are the speckle correlation lengths.
     speckle_axial_mm: float = _ranged(0.2, 0.15, 0.35)
     speckle_lateral_mm: float = _ranged(0.45, 0.3, 0.8)
+    # Diffuse echogenicity per tissue: the RMS amplitude of its speckle (no unit).
     echo_csf: float = _ranged(0.02, 0.0, 0.05)
     echo_gm: float = _ranged(0.3, 0.2, 0.4)
     echo_wm: float = _ranged(0.4, 0.3, 0.5)
     echo_lesion: float = _ranged(2.0, 1.0, 3.0)
+    # Acoustic impedance per tissue relative to CSF's (CSF: 0; no unit); its changes reflect.
     impedance_gm: float = _ranged(0.03, 0.02, 0.04)
     impedance_wm: float = _ranged(0.045, 0.03, 0.06)
     impedance_lesion: float = _ranged(0.25, 0.1, 0.4)
+    # Gaussian sigma, mm, smoothing the impedance map, so partial-volume sulci reflect too.
     boundary_mm: float = _ranged(0.8, 0.5, 1.2)
+    # Specular echo amplitude per unit reflectivity; reflectivity is per mm, so this is in mm.
     reflection_gain: float = _ranged(400.0, 250.0, 600.0)
+    # Diffuse echogenicity of a boundary per unit impedance gradient (per mm, so this is in mm), whatever
+    # the boundary's orientation; it saturates at MAX_BOUNDARY_ECHO.
     boundary_scatter_mm: float = _ranged(600.0, 300.0, 1000.0)
+    # Exponent of |cos(angle between the ray and the boundary normal)| in specular reflection.
     angle_power: float = _ranged(1.0, 1.0, 2.0)
+    # Receiver noise: RMS amplitude before time-gain compensation, in echogenicity units.
     noise: float = _ranged(0.0005, 0.0002, 0.002)
+    # Log compression, dB: brightness = 1 + (20 log10(envelope) + gain_db) / dynamic_range_db, in [0, 1].
     dynamic_range_db: float = _ranged(50.0, 40.0, 60.0)
     gain_db: float = _ranged(-27.0, -33.0, -21.0)
+    # Beam sampling step along the rays (and across them at full depth), mm; None: half the output
+    # grid's finest spacing, at least 0.3 mm.
     beam_step_mm: float | None = None
 
     @classmethod

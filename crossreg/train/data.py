@@ -31,33 +31,33 @@ Source = tuple[Image, dict[str, Image] | None]
 
 @dataclass(frozen=True)
 class PairConfig:
-    """How training pairs are drawn.
+    """How training pairs (an MRI and a synthetic ultrasound of it under a known motion) are drawn."""
 
-    working_spacing_mm: the grid descriptors are learned on (registration's working grid for a brain,
-    see crossreg.plan.working_spacing). max_angle_deg: rotation between MRI and ultrasound at the
-    end of the curriculum (it grows from ``start_angle_deg`` over ``curriculum_pairs`` pairs; per rank
-    under DDP, as the pairs per step are: the training loop scales it by the number of ranks).
-    fixed_contrasts: what the MRI side shows, drawn uniformly (``t1``, ``t2`` T2-like, ``random`` LUT).
-    elastic_mm: largest displacement of a random warp of the source (new anatomies); 0 for none.
-    keypoints: the detector on the ultrasound (``max_keypoints`` points per pair, drawn by saliency);
-    n_uniform: points drawn uniformly in the cone besides (at least 1).
-    n_bank: MRI points drawn uniformly over its field of view, negatives for the ``bank`` loss.
-    n_near: more bank points per corresponding point, each ``near_mm`` (a range) from it in a random
-    direction: the neighbours a dense grid of candidates puts next to the right one, which a
-    brain-wide bank rarely samples (hard negatives for precise matches).
-    """
-
+    # Isotropic grid, mm, descriptors are learned on: registration's working grid for a brain (see
+    # crossreg.plan.working_spacing).
     working_spacing_mm: float = 2.0
+    # Rotation curriculum: pair i is rotated by an angle drawn in [0, a_i] degrees, a_i growing linearly
+    # from start_angle_deg to max_angle_deg over curriculum_pairs pairs (a count per rank, as the pairs
+    # per step are: the training loop scales it by the number of DDP ranks).
     start_angle_deg: float = 5.0
     max_angle_deg: float = 30.0
     curriculum_pairs: int = 2000
-    max_translation_mm: float = 15.0
+    max_translation_mm: float = 15.0  # the centre's shift, mm, is drawn in [0, this], random direction
+    # What the MRI side shows, drawn uniformly: "t1" (the source), "t2" (T2-like), "random" (random LUT);
+    # repeat a name to weight it.
     fixed_contrasts: tuple[str, ...] = ("t1",)
+    # Largest displacement, mm, of a random elastic warp of the source (new anatomies); 0: no warp.
     elastic_mm: float = 0.0
-    n_uniform: int = 256
+    n_uniform: int = 256  # points drawn uniformly in the cone besides the keypoints (at least 1 is used)
+    # MRI points drawn uniformly over its field of view: the brain-wide negatives of the "bank" loss.
     n_bank: int = 4096
+    # More bank points per corresponding point, each at a distance in near_mm (a (min, max) range, mm)
+    # from it in a random direction: the neighbours a dense grid of candidates puts next to the right
+    # one, which a brain-wide bank rarely samples (hard negatives for precise matches; see
+    # docs/benchmarks.md).
     n_near: int = 4
     near_mm: tuple[float, float] = (3.0, 10.0)
+    # The detector on the ultrasound: max_keypoints points per pair, drawn by saliency (no grid).
     keypoints: KeypointConfig = field(
         default_factory=lambda: KeypointConfig(
             sampling="probabilistic", border_mm=4.0, max_keypoints=192, min_keypoints=0

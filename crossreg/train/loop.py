@@ -33,20 +33,24 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """steps x pairs_per_step pairs (per rank), each batch of pairs used for ``echo`` consecutive
-    steps (steps x pairs_per_step / echo distinct pairs); hardness of negatives grows linearly to 1
-    over ``hardness_warmup`` of the steps; the learning rate follows a cosine from ``lr`` to 5% of it."""
+    """Settings of :func:`train`: the schedule, the optimiser, and the network, pairs and loss it uses.
 
-    steps: int = 600
-    pairs_per_step: int = 8
+    Each rank sees steps x pairs_per_step pairs, steps x pairs_per_step / echo of them distinct.
+    """
+
+    steps: int = 600  # optimiser steps
+    pairs_per_step: int = 8  # training pairs per step and rank (>= 1); their losses are averaged
+    # Consecutive steps each batch of pairs serves (>= 1; 1: no data echoing). Synthesis, not the GPU,
+    # bounds the speed, so echoing buys steps (docs/benchmarks.md).
     echo: int = 1
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
+    lr: float = 2e-3  # AdamW peak learning rate; a cosine takes it down to 0.05 x lr at the last step
+    weight_decay: float = 1e-4  # AdamW decoupled weight decay
+    # Fraction (0-1) of the steps over which the negatives' hardness grows linearly from 0 to 1.
     hardness_warmup: float = 0.5
-    workers: int = 0
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 100
+    workers: int = 0  # DataLoader processes synthesising pairs (0: in the training process)
+    seed: int = 0  # seeds the network's initialisation, the pair stream and the loss's draws
+    log_every: int = 10  # steps between log lines (and the last step)
+    checkpoint_every: int = 100  # steps between checkpoints (and the last step)
     network: CrossKeyConfig = field(default_factory=CrossKeyConfig)
     pairs: PairConfig = field(default_factory=PairConfig)
     loss: LossConfig = field(default_factory=LossConfig)

@@ -29,13 +29,16 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class LossConfig:
-    """kind: ``bank``, ``infonce`` or ``triplet``. margin: triplet margin on Euclidean distances of unit
-    descriptors (0..2). temperature: InfoNCE softmax temperature. Lengths in mm."""
+    """Which descriptor loss :func:`descriptor_loss` computes, and its negative curriculum (module
+    docstring); lengths in MRI world mm."""
 
-    kind: str = "bank"
-    margin: float = 0.5
-    temperature: float = 0.07
+    kind: str = "bank"  # "bank", "infonce" or "triplet" (module docstring; why "bank": docs/benchmarks.md)
+    margin: float = 0.5  # triplet margin on Euclidean distances of unit descriptors (0..2)
+    temperature: float = 0.07  # InfoNCE: cosine similarities are divided by this before the softmax
+    # Points within this, mm, are the same anatomy, never negatives; at hardness 1 every point beyond it
+    # is one (why this close: docs/benchmarks.md, near negatives).
     min_negative_mm: float = 3.0
+    # Only points farther than this, mm, are negatives at hardness 0 (easy, spatial negatives).
     far_mm: float = 20.0
 
     def __post_init__(self) -> None:
