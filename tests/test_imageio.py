@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from crossreg.datasets import mni152_path
+from crossreg.datasets import mni152_path, mni152_slice
 from crossreg.errors import ImageReadError, InvalidImageError, OutputWriteError
+from crossreg.image import from_array
 from crossreg.imageio import load, save, to_sitk
 
 
@@ -74,6 +75,52 @@ def test_png_rgb_becomes_2d_luminance(tmp_path):
     img = load(path)
     assert img.ndim == 2 and img.array.shape == (40, 50)
     np.testing.assert_allclose(img.array, rgb @ np.array([0.299, 0.587, 0.114]), atol=1e-4)
+
+
+@pytest.mark.parametrize("ext", [".tif", ".tiff"])
+def test_tiff_slice_loads_as_2d_with_its_values_and_spacing(tmp_path, ext):
+    """A grayscale TIFF, float32 (as crossreg writes it) or 16-bit (as scanners export), is a 2D image with
+    the same values and anisotropic pixel spacing in x, y order; TIFF stores no origin or direction."""
+    axial = mni152_slice(1, "axial", 88)  # 189 x 153 pixels, 0-239, stored with direction diag(-1, -1)
+    path = tmp_path / f"axial{ext}"
+    save(from_array(axial.array, (0.5, 0.8), axial.origin_mm, axial.direction), path)
+    img = load(path)
+    assert img.ndim == 2 and img.array.shape == (189, 153)
+    np.testing.assert_array_equal(img.array, axial.array)
+    np.testing.assert_allclose(img.spacing_mm, (0.5, 0.8), rtol=1e-6)  # float32 resolution tags
+    # The pixel frame is all a TIFF holds: a pair of TIFFs registers in it, whatever the source had.
+    np.testing.assert_array_equal(img.origin_mm, (0.0, 0.0))
+    np.testing.assert_array_equal(img.direction, np.eye(2))
+
+    counts = np.round(axial.array * 100).astype(np.uint16)  # up to 23900: needs the 16 bits
+    path16 = tmp_path / f"axial16{ext}"
+    sitk.WriteImage(sitk.GetImageFromArray(counts), str(path16))
+    assert sitk.ReadImage(str(path16)).GetPixelID() == sitk.sitkUInt16
+    img16 = load(path16)
+    assert img16.ndim == 2 and img16.array.dtype == np.float32 and img16.array.max() == 23900.0
+    np.testing.assert_array_equal(img16.array, counts)
+
+
+@pytest.mark.parametrize(
+    "dtype, channels, ext", [(np.uint8, 3, ".tif"), (np.uint16, 3, ".tiff"), (np.uint8, 4, ".tif")]
+)
+def test_rgb_tiff_becomes_2d_luminance(tmp_path, dtype, channels, ext):
+    """RGB(A) TIFF pixels become 0.299 R + 0.587 G + 0.114 B (Rec. 601 luma); alpha is ignored."""
+    axial = mni152_slice(1, "axial", 88).array
+    scale = 257 if dtype == np.uint16 else 1  # 16-bit: the full 0-65535 range
+    planes = [axial, axial[::-1], axial[:, ::-1], np.full_like(axial, 255)][:channels]
+    rgb = (np.round(np.stack(planes, axis=-1)) * scale).astype(dtype)
+    rgb[0, 0, :3] = np.array([200, 100, 50]) * scale  # luminance 59.8 + 58.7 + 5.7 = 124.2
+    path = tmp_path / f"rgb{ext}"
+    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(path))
+    img = load(path)
+    assert img.ndim == 2 and img.array.shape == (189, 153)
+    assert img.array[0, 0] == pytest.approx(124.2 * scale, rel=1e-6)
+    expected = rgb[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    np.testing.assert_allclose(img.array, expected, rtol=1e-6, atol=1e-4)
+    # The channels differ, so the channel mean or BGR order would be far off.
+    assert np.abs(img.array - rgb[..., :3].mean(axis=-1)).max() > 20 * scale
+    assert np.abs(img.array - rgb[..., 2::-1] @ np.array([0.299, 0.587, 0.114])).max() > 20 * scale
 
 
 @pytest.mark.parametrize(
