@@ -175,7 +175,10 @@ def _network(config: RegisterConfig, ndim: int) -> DescriptorNet | None:
         raise CrossregError(f"features={config.features!r}: use 'mind' or 'crosskey'")
     net, _ = load_model(config.weights, config.device)
     if net.config.ndim != ndim:
-        raise CrossregError(f"the descriptor model is {net.config.ndim}D but the images are {ndim}D")
+        raise CrossregError(
+            f"the descriptor model is {net.config.ndim}D but the images are {ndim}D; use a model "
+            f"trained on {ndim}D images"
+        )
     return net
 
 
