@@ -170,10 +170,16 @@ def validate(image: Image) -> None:
         raise InvalidImageError(f"{name}: empty image (fewer than {MIN_SIGNAL_VOXELS} voxels hold signal)")
     sp = np.asarray(grid.spacing_mm)
     if not np.all(np.isfinite(sp)) or np.any(sp <= 0) or np.any(sp > 1e3) or np.any(sp < 1e-3):
-        raise InvalidImageError(f"{name}: spacing {tuple(float(v) for v in sp)} mm is not physical")
+        raise InvalidImageError(
+            f"{name}: spacing {tuple(float(v) for v in sp)} mm is not physical (each axis needs 0.001 to "
+            "1000 mm); fix the voxel size in the header"
+        )
     dirn = np.asarray(grid.direction, float)
     if not np.allclose(dirn.T @ dirn, np.eye(arr.ndim), atol=1e-3):
-        raise InvalidImageError(f"{name}: direction matrix is not orthonormal")
+        raise InvalidImageError(
+            f"{name}: direction matrix is not orthonormal (sheared or scaled axes); resample it onto an "
+            "unsheared grid before registering"
+        )
 
 
 def robust_normalize(image: Image, low_pct: float = 0.5, high_pct: float = 99.5) -> Image:

@@ -41,7 +41,7 @@ def _read_file(path: Path) -> sitk.Image:
     except RuntimeError as err:
         reason = "not a readable image (unknown format or corrupt/truncated file)"
         if "ImageIO" not in str(err) and "Could not create IO" not in str(err):
-            reason = "corrupt or truncated image file"
+            reason = "corrupt or truncated image file; re-export or re-copy it"
         raise ImageReadError(f"{path}: {reason}") from None
     if path.name.lower().endswith((".nii", ".nii.gz")):
         _check_nifti_payload(path, itk)
@@ -61,13 +61,14 @@ def _check_nifti_payload(path: Path, itk: sitk.Image) -> None:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError, zlib.error):
-        raise ImageReadError(f"{path}: corrupt or truncated image file") from None
+        raise ImageReadError(f"{path}: corrupt or truncated image file; re-export or re-copy it") from None
     header = _nifti_header(path, raw)
     d = min(itk.GetDimension(), 3)
     voxel_mm = header["pixdim"][1 : d + 1]
     if not np.all(np.isfinite(voxel_mm)) or np.any(voxel_mm <= 0):
         raise InvalidImageError(
-            f"{path}: voxel size {tuple(float(v) for v in voxel_mm)} mm in the header is not physical"
+            f"{path}: voxel size {tuple(float(v) for v in voxel_mm)} mm in the header is not physical; "
+            "fix pixdim in the header or re-export the file"
         )
     if header["sform_code"] > 0:
         axes = header["srow"][:d, :d]

@@ -6,13 +6,17 @@ Each case builds its bad input from the shipped MNI152 T1 in a temporary folder,
 line (``python -m crossreg register ...``, a subprocess) with every output asked for (transform,
 resampled image, QA figure, matches), and records the exit code, the message on stderr, and what is left
 in the output folder afterwards (files, temp files or a changed pre-existing file). A case is a BUG if
-it prints a traceback, exits 0 or 1 (internal error), or leaves anything behind; the script exits 1 then.
+it prints a traceback, exits 0 or 1 (internal error) or with another code than expected, fails with a
+message that does not name its own cause (``Case.expected``: a run refused for the wrong reason, e.g. the
+NaN case because the file could not be read, is no evidence), or leaves anything behind; the script
+exits 1 then.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import re
 import shlex
 import signal
 import struct
@@ -37,11 +41,16 @@ Invoke = Callable[[list[str]], tuple[int, str]]
 
 @dataclass(frozen=True)
 class Case:
-    """A bad input: ``make(folder)`` writes it under ``folder`` and returns ``register``'s arguments."""
+    """A bad input: ``make(folder)`` writes it under ``folder`` and returns ``register``'s arguments.
+
+    ``expected`` is a regular expression the run's message must contain (``re.search``): the file and
+    the cause, so that a run refused for another reason does not pass. Cases with one cause share it.
+    """
 
     name: str
     tried: str
     make: Callable[[Path], list[str]]
+    expected: str
     exit_code: int = 2
 
 
@@ -64,6 +73,8 @@ class Row:
             out.append(f"exit {self.exit_code}")
         elif self.exit_code != self.case.exit_code:
             out.append(f"exit {self.exit_code}, expected {self.case.exit_code}")
+        if not re.search(self.case.expected, self.message):
+            out.append("message does not match")
         if self.left:
             out.append("left " + ", ".join(self.left))
         return out
@@ -243,42 +254,139 @@ def bad_suffix(folder: Path) -> list[str]:
     return pair(folder, T1, resampled="R.xyz")
 
 
+#: The dense paths' refusal of a pair without common anatomy (MIND-SSC and CrossKEY: one cause).
+NO_COMMON_ANATOMY = (
+    r"only \d+ of \d+ matches agree on a rigid transform .*: the images probably show no common"
+)
+
+
 CASES = (
-    Case("truncated NIfTI", "the T1 .nii cut to half its bytes", truncated),
-    Case("truncated .nii.gz", "the gzip stream cut 3 kB short", truncated_gz),
-    Case("wrong magic", "NIfTI magic `n+1` overwritten (ITK reads it as Analyze, flipped)", wrong_magic),
-    Case("not an image", "a text file named .nii.gz", not_an_image),
-    Case("DICOM, mixed series", "one directory holding slices of two series", dicom_mixed),
-    Case("4D image", "two T1 volumes joined along t", four_d),
-    Case("1-voxel image", "a 1x1x1 NIfTI", one_voxel),
-    Case("constant image", "40^3 voxels all 100", constant),
-    Case("NaN/Inf voxels", "the T1 as float with one NaN and one Inf", nan_voxels),
-    Case("non-overlapping pair", "top 30 slices vs bottom 30 slices of the head", non_overlapping, 3),
+    Case(
+        "truncated NIfTI",
+        "the T1 .nii cut to half its bytes",
+        truncated,
+        r"half\.nii: truncated file \(\d+ of",
+    ),
+    Case(
+        "truncated .nii.gz",
+        "the gzip stream cut 3 kB short",
+        truncated_gz,
+        r"cut\.nii\.gz: corrupt or truncated image file",
+    ),
+    Case(
+        "wrong magic",
+        "NIfTI magic `n+1` overwritten (ITK reads it as Analyze, flipped)",
+        wrong_magic,
+        r"magic\.nii: damaged NIfTI header \(magic bytes",
+    ),
+    Case(
+        "not an image",
+        "a text file named .nii.gz",
+        not_an_image,
+        r"notes\.nii\.gz: not a readable image \(unknown format",
+    ),
+    Case(
+        "DICOM, mixed series",
+        "one directory holding slices of two series",
+        dicom_mixed,
+        r"dicom: directory holds 2 DICOM series .*one series per directory",
+    ),
+    Case("4D image", "two T1 volumes joined along t", four_d, r"4d\.nii\.gz: 4D image"),
+    Case("1-voxel image", "a 1x1x1 NIfTI", one_voxel, r"one\.nii\.gz: size 1x1x1 voxels; each axis needs"),
+    Case("constant image", "40^3 voxels all 100", constant, r"constant\.nii\.gz: constant image"),
+    Case(
+        "NaN/Inf voxels",
+        "the T1 as float with one NaN and one Inf",
+        nan_voxels,
+        r"nan\.nii\.gz: 2 NaN/Inf voxels",
+    ),
+    Case(
+        "non-overlapping pair",
+        "top 30 slices vs bottom 30 slices of the head",
+        non_overlapping,
+        r"only \d+ matches \(need \d+\) for a rigid fit: the images may not overlap",
+        3,
+    ),
     Case(
         "non-overlapping pair, dense",
         "the same with `--matching dense` (MIND-SSC)",
         lambda folder: [*non_overlapping(folder), "--matching", "dense"],
+        NO_COMMON_ANATOMY,
         3,
     ),
     Case(
         "non-overlapping pair, CrossKEY",
         "the same with `--features crosskey` (shipped model, dense)",
         lambda folder: [*non_overlapping(folder), "--features", "crosskey"],
+        NO_COMMON_ANATOMY,
         3,
     ),
-    Case("zero voxel size", "NIfTI pixdim[1] = 0 (ITK would read 1 mm)", zero_spacing),
-    Case("absurd spacing", "NRRD with 100 m voxels", absurd_spacing),
-    Case("sheared NIfTI", "sform with a shear (ITK would rotate it into another orientation)", sheared_nifti),
-    Case("sheared direction", "NRRD with a non-orthonormal direction matrix", sheared_nrrd),
-    Case("corrupt weights", "`--weights` file of random bytes", corrupt_weights),
     Case(
-        "wrong-architecture weights", "model file whose config does not fit its weights", wrong_architecture
+        "zero voxel size",
+        "NIfTI pixdim[1] = 0 (ITK would read 1 mm)",
+        zero_spacing,
+        r"pixdim0\.nii: voxel size \(0\.0, 2\.0, 2\.0\) mm in the header is not physical",
     ),
-    Case("2D model, 3D images", "a valid 2D CrossKEY model on 3D images", model_2d_for_3d),
-    Case("unwritable output", "`--out` under a path component that is a file", unwritable),
-    Case("read-only output", "`--out` under /sys (not writable, even for root)", read_only_fs),
-    Case("existing output", "`--qa` file already there, no `--force`", existing),
-    Case("unknown output format", "`--resampled R.xyz`", bad_suffix),
+    Case(
+        "absurd spacing",
+        "NRRD with 100 m voxels",
+        absurd_spacing,
+        r"huge\.nrrd: spacing \(100000\.0, 100000\.0, 100000\.0\) mm is not physical",
+    ),
+    Case(
+        "sheared NIfTI",
+        "sform with a shear (ITK would rotate it into another orientation)",
+        sheared_nifti,
+        r"sheared\.nii: sheared orientation \(sform axes not orthogonal\)",
+    ),
+    Case(
+        "sheared direction",
+        "NRRD with a non-orthonormal direction matrix",
+        sheared_nrrd,
+        r"sheared\.nrrd: direction matrix is not orthonormal",
+    ),
+    Case(
+        "corrupt weights",
+        "`--weights` file of random bytes",
+        corrupt_weights,
+        r"model\.pt: not a readable weights file",
+    ),
+    Case(
+        "wrong-architecture weights",
+        "model file whose config does not fit its weights",
+        wrong_architecture,
+        r"other\.pt: weights do not fit the descriptor network .* \(tensors: \d+ of another shape",
+    ),
+    Case(
+        "2D model, 3D images",
+        "a valid 2D CrossKEY model on 3D images",
+        model_2d_for_3d,
+        r"descriptor model is 2D but the images are 3D",
+    ),
+    Case(
+        "unwritable output",
+        "`--out` under a path component that is a file",
+        unwritable,
+        r"cannot write \S*blocker/T\.tfm: \S*blocker is not a directory",
+    ),
+    Case(
+        "read-only output",
+        "`--out` under /sys (not writable, even for root)",
+        read_only_fs,
+        r"cannot write /sys/crossreg/T\.tfm: /sys is not writable",
+    ),
+    Case(
+        "existing output",
+        "`--qa` file already there, no `--force`",
+        existing,
+        r"qa\.png exists; pass --force to overwrite it",
+    ),
+    Case(
+        "unknown output format",
+        "`--resampled R.xyz`",
+        bad_suffix,
+        r"R\.xyz: not a 3D image format crossreg writes",
+    ),
 )
 
 
@@ -330,7 +438,11 @@ def message(text: str, root: Path) -> str:
 def interrupted(root: Path) -> tuple[Row, float]:
     """A valid registration, then the same one interrupted with SIGINT halfway: (row, seconds sent at)."""
     case = Case(
-        "interrupted run", "SIGINT (Ctrl-C) halfway through a registration", lambda f: pair(f, T1), 130
+        "interrupted run",
+        "SIGINT (Ctrl-C) halfway through a registration",
+        lambda f: pair(f, T1),
+        r"^interrupted: no output was written",
+        130,
     )
     durations = []
     for attempt in range(2):  # the first run also warms the disk cache and bytecode: time the faster
@@ -375,8 +487,9 @@ def table(rows: list[Row]) -> str:
     for r in rows:
         verdict = "BUG: " + "; ".join(r.problems()) if r.problems() else "ok"
         msg = r.message.replace("|", "\\|")
+        msg = f"`` {msg} ``" if "`" in msg else f"`{msg}`"  # a message may quote a command in backticks
         left = ", ".join(r.left) or "none"
-        lines.append(f"| {r.case.name} | {r.case.tried} | {r.exit_code} | `{msg}` | {left} | {verdict} |")
+        lines.append(f"| {r.case.name} | {r.case.tried} | {r.exit_code} | {msg} | {left} | {verdict} |")
     return "\n".join(lines)
 
 

@@ -168,7 +168,10 @@ def crosskey_features(config: RegisterConfig, ndim: int) -> CrossKeyFeatures:
     CrossregError when the model is not ``ndim``-dimensional."""
     net, _ = load_model(config.weights, config.device)
     if net.config.ndim != ndim:
-        raise CrossregError(f"the descriptor model is {net.config.ndim}D but the images are {ndim}D")
+        raise CrossregError(
+            f"the descriptor model is {net.config.ndim}D but the images are {ndim}D; use a model "
+            f"trained on {ndim}D images"
+        )
     return CrossKeyFeatures(net, config.mind)
 
 
@@ -196,14 +199,36 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> tuple[Des
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a corrupt or non-torch file
-        raise ModelLoadError(f"{path}: not a readable weights file ({type(err).__name__})") from None
+        raise ModelLoadError(
+            f"{path}: not a readable weights file (torch cannot load it: {type(err).__name__}); re-copy it "
+            "or train one with `crossreg train`"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
         raise ModelLoadError(f"{path}: not a crossreg descriptor model (format {FORMAT_VERSION} expected)")
     try:
         config = CrossKeyConfig(**{**payload["config"], "channels": tuple(payload["config"]["channels"])})
         net = DescriptorNet(config)
-        net.load_state_dict({k: v.float() for k, v in payload["state_dict"].items()})
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ModelLoadError(f"{path}: weights do not fit the descriptor network ({first})") from None
+        state = {k: v.float() for k, v in payload["state_dict"].items()}
+        misfit = _misfit(net.state_dict(), state)
+        if not misfit:
+            net.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
+        misfit = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if misfit:
+        raise ModelLoadError(
+            f"{path}: weights do not fit the descriptor network its config describes ({misfit}); the file "
+            "was altered or written by other code: retrain it with `crossreg train`"
+        )
     return net.to(device).eval(), dict(payload.get("meta", {}))
+
+
+def _misfit(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str:
+    """How ``state`` differs from a network's ``expected`` state dict, in a few words ("" if it fits)."""
+    shaped = sum(expected[k].shape != state[k].shape for k in expected.keys() & state.keys())
+    counts = {
+        "of another shape": shaped,
+        "missing": len(expected.keys() - state.keys()),
+        "unexpected": len(state.keys() - expected.keys()),
+    }
+    found = [f"{n} {what}" for what, n in counts.items() if n]
+    return "tensors: " + ", ".join(found) if found else ""
