@@ -1,23 +1,36 @@
-"""CrossKEY descriptor network: shapes, world-point lookup, weights files and their failures."""
+"""CrossKEY descriptor network: shapes, world-point lookup, weights files and their failures, and the
+shipped general model on cones no setting was chosen on."""
+
+import ast
+import json
+import re
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
 import torch
 
 from crossreg import datasets
-from crossreg.config import RegisterConfig
+from crossreg.config import DenseConfig, RegisterConfig
+from crossreg.correspond import correspond
+from crossreg.describe import describe
 from crossreg.errors import CrossregError
+from crossreg.evaluate.cases import synthetic_cases
+from crossreg.features import make_features
 from crossreg.features.crosskey import (
     CrossKeyConfig,
     CrossKeyFeatures,
     DescriptorNet,
     ModelLoadError,
+    default_weights_path,
     load_model,
     save_model,
 )
+from crossreg.plan import plan_pair
 from crossreg.register import register
 from crossreg.resample import working_image
 from crossreg.synth.geometry import extract_slice
+from crossreg.train.presets import general_config
 
 SMALL_2D = CrossKeyConfig(ndim=2, channels=(4, 8), out_dim=16, hidden=32)
 
@@ -85,3 +98,51 @@ def test_register_refuses_a_model_of_the_wrong_dimension(tmp_path):
     image = extract_slice(datasets.mni152_t1(2), "axial", 45)
     with pytest.raises(CrossregError, match="3D but the images are 2D"):
         register(image, image, RegisterConfig(features="crosskey", weights=str(path)))
+
+
+# ---------------------------------------------------------------- the shipped general model
+
+
+def model_card_config() -> CrossKeyConfig:
+    """The architecture the shipped model's card states, parsed from its ``CrossKeyConfig(...)`` line."""
+    card = (default_weights_path().with_suffix(".md")).read_text()
+    call = ast.parse(re.search(r"`(CrossKeyConfig\(.*?\))`", card).group(1), mode="eval").body
+    return CrossKeyConfig(**{k.arg: ast.literal_eval(k.value) for k in call.keywords})
+
+
+def test_shipped_weights_load_with_the_config_their_model_card_states():
+    net, meta = load_model()
+    assert net.config == model_card_config()
+    # The card says `crossreg train general` repeats the run: its preset is the recorded config.
+    recorded = {k: v for k, v in meta["train_config"].items() if k != "workers"}
+    preset = json.loads(json.dumps(asdict(general_config())))
+    assert json.loads(json.dumps(recorded)) == {k: v for k, v in preset.items() if k != "workers"}
+
+
+@pytest.fixture(scope="module")
+def held_out_cones():
+    """The first five cones of the benchmark's second set (`crossreg bench --kinds us --seed 1`): run
+    only after every setting was fixed, so nothing was chosen on them."""
+    return synthetic_cases(("us",), 5, seed=1)
+
+
+def precision(case, pairs) -> float:
+    moved = case.true_transform.apply(pairs.fixed_mm.numpy())
+    return float((np.linalg.norm(moved - pairs.moving_mm.numpy(), axis=1) < 3.0).mean())
+
+
+def test_shipped_model_lands_held_out_cones_and_reranking_sharpens_its_matches(held_out_cones):
+    config = RegisterConfig(features="crosskey", refine=None)
+    alone = replace(config, dense=DenseConfig(shortlist=0))
+    features = make_features(config, 3)
+    for case in held_out_cones:
+        result = register(case.fixed, case.moving, config)
+        tre = np.linalg.norm(
+            result.transform.apply(case.landmarks_fixed_mm) - case.landmarks_moving_mm, axis=1
+        )
+        assert tre.mean() < 3.0 and result.confidence >= 0.5, case.name
+        plan = plan_pair(case.fixed, case.moving, config, features)
+        query, reference = describe(plan, features, config)
+        reranked = precision(case, correspond(query, reference, plan, config))
+        learned = precision(case, correspond(query, reference, plan, alone))
+        assert reranked > learned + 0.1, (case.name, reranked, learned)
