@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 
 import pytest
@@ -10,6 +11,17 @@ from crossreg import datasets
 from crossreg.image import Image
 from crossreg.imageio import load
 from crossreg.resample import to_working_grid
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One ITK thread in tests, set before any test registers: a baseline's answer for a seed is exact.
+
+    Multi-threaded, ITK's metrics can differ in the last bits from run to run, and ANTs' rigid baseline
+    then now and then stops in another optimum. ITK (SimpleITK, itk-elastix and ANTs' own copy) reads the
+    variable once per process, at first use, and ANTs takes no thread count per call: a fixture setting
+    it would be ignored once an earlier test had run ANTs.
+    """
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
 
 
 def data_path(name: str) -> str:
