@@ -124,11 +124,11 @@ def test_synth_pair_then_register_recovers_the_truth(slice_file, tmp_path):
     assert np.mean(errors) < 0.5
     again = run("synth", "pair", str(slice_file), "--kind", "t2", "--out", str(pair))
     assert again.exit_code == 2 and "--force" in one_error_line(again)
-    # A confidence gate no transform can pass: refused with exit 3 and nothing written.
+    # A confidence gate outside [0, 1] is bad input: refused before any work, nothing written.
     strict = tmp_path / "strict.tfm"
     args = ("register", str(pair / "fixed.nii.gz"), str(pair / "moving.nii.gz"), "--out", str(strict))
-    refused = run(*args, "--min-confidence", "1.01", "--matching", "dense", "--no-refine")
-    assert refused.exit_code == 3 and "confidence" in one_error_line(refused)
+    refused = run(*args, "--min-confidence", "1.01")
+    assert refused.exit_code == 2 and "expected a value in [0, 1]" in one_error_line(refused)
     assert not strict.exists()
 
 

@@ -23,8 +23,9 @@ def run(case, config):
 
 @pytest.fixture(scope="module")
 def sector_case():
-    """A 2D ultrasound sector of an axial slice, 15 deg / 15 mm away: dense, the moving image queries."""
-    return make_case(datasets.mni152_slice(1, "axial"), "us", 15.0, 15.0, seed=2)
+    """A T2-like slab of a fifth of an axial slice, 15 deg / 15 mm away: matched densely (`auto`), the
+    moving image holding the queries."""
+    return make_case(datasets.mni152_slice(1, "axial"), "t2", 15.0, 15.0, fov_fraction=0.2, seed=1)
 
 
 def precision(case, fixed_mm: torch.Tensor, moving_mm: torch.Tensor, within_mm: float = 3.0) -> float:
@@ -41,7 +42,7 @@ def test_dense_matches_of_moving_queries_come_back_as_fixed_to_moving(sector_cas
     index = torch.cdist(pairs.fixed_mm.float(), reference.points_mm).argmin(dim=1)
     assert bool((index[1:] >= index[:-1]).all())
     # The truth maps many fixed points onto their moving partners; swapped sides would put none there.
-    assert precision(sector_case, pairs.fixed_mm, pairs.moving_mm) > 0.2
+    assert precision(sector_case, pairs.fixed_mm, pairs.moving_mm) > 0.25  # measured 0.35
     assert precision(sector_case, pairs.moving_mm, pairs.fixed_mm) < 0.05
 
 
