@@ -4,7 +4,7 @@ PAIRS.csv has a header row. Columns: ``fixed``, ``moving`` (image paths), and op
 pair's output folder name; the row number ``0001``, ``0002``, ... without it), ``landmarks`` (a CSV of
 ``fixed_x,fixed_y[,fixed_z],moving_x,...`` rows in world mm, LPS, e.g. what ``crossreg synth pair``
 writes: the pair's target registration error is then recorded), and per-row options ``model``
-(rigid/similarity/affine), ``features`` (mind/crosskey), ``matching`` (auto/dense/sparse, as
+(rigid/similarity/affine), ``features`` (mind/crosskey), ``matching`` (auto/sparse/dense, as
 ``crossreg register --matching``), ``weights`` (a CrossKEY model file),
 ``refine`` (true/false), ``seed`` (an integer). Empty cells take the defaults. Relative paths are
 relative to the CSV's folder.

@@ -29,7 +29,7 @@ per axis, the least-squares rigid fit errs at a point ``q`` by a Gaussian of cov
 ``s^2 (I / K + [r]_x^T J^-1 [r]_x)`` (``r = q - centroid``, ``J`` the inliers' inertia tensor about
 their centroid, ``K`` their number); its mean square over the region, in units of ``s^2``, is ``u^2``
 and ``determination = P[chi2_d < d / u^2]``. It does not depend on ``s``. crossreg's registration
-confidence is ``confidence * determination`` (register.py).
+confidence is ``confidence * determination`` (crossreg.verify).
 """
 
 from __future__ import annotations

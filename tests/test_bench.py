@@ -14,6 +14,7 @@ from crossreg.evaluate.baselines import (
     Method,
     MethodOutput,
     crossreg_method,
+    crossreg_methods,
     elastix_rigid,
     identity,
     sitk_rigid,
@@ -21,6 +22,7 @@ from crossreg.evaluate.baselines import (
 from crossreg.evaluate.bench import run_bench
 from crossreg.evaluate.cases import BenchCase, folder_cases, synthetic_cases
 from crossreg.evaluate.scoring import CaseResult, score, summarize
+from crossreg.features import FEATURES
 from crossreg.image import Image
 from crossreg.imageio import save
 from crossreg.markups import write_markups_json
@@ -283,3 +285,14 @@ def test_empty_or_missing_root_is_rejected(tmp_path):
         folder_cases(tmp_path)
     with pytest.raises(CrossregError, match="not a folder"):
         folder_cases(tmp_path / "nothing")
+
+
+def test_crossreg_methods_come_from_the_registries(tmp_path, monkeypatch):
+    names = [m.name for m in crossreg_methods()]
+    assert names[:4] == ["crossreg", "crossreg-norefine", "crossreg-sparse", "crossreg-dense"]
+    assert {"crosskey", "crosskey-norefine", "crosskey-learned"} <= set(names)
+    monkeypatch.setitem(FEATURES, "patch", FEATURES["mind"])
+    assert {"patch", "patch-norefine", "patch-sparse", "patch-dense"} <= {m.name for m in crossreg_methods()}
+    # A learned kind's missing weights file makes its methods unavailable, not MIND-SSC's.
+    missing = {m.name: m.missing() for m in crossreg_methods(weights=str(tmp_path / "none.pt"))}
+    assert missing["crossreg"] is None and missing["crosskey"].startswith("no file")

@@ -28,8 +28,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from crossreg.config import DenseConfig, RegisterConfig
+from crossreg.correspond import MATCHERS
 from crossreg.errors import NoOverlapError, RegistrationFailed
-from crossreg.features.crosskey import default_weights_path
+from crossreg.features import FEATURES
 from crossreg.image import Image, fov_mask
 from crossreg.imageio import to_sitk
 from crossreg.register import register
@@ -89,9 +90,7 @@ def _failure(start: float, err: Exception) -> MethodOutput:
 def crossreg_method(name: str = "crossreg", config: RegisterConfig | None = None) -> Method:
     """crossreg.register with ``config`` (its seed replaced by the case seed); matches are all putative."""
     config = config or RegisterConfig()
-    files = ()
-    if config.features == "crosskey":
-        files = (Path(config.weights) if config.weights else default_weights_path(),)
+    files = (Path(config.weights),) if config.weights else ()
 
     def run(fixed: Image, moving: Image, seed: int) -> MethodOutput:
         start = time.perf_counter()
@@ -298,22 +297,34 @@ def _euler_from_elastix(pmap) -> AffineTransform:
 # ---------------------------------------------------------------- the default line-up
 
 
+#: A kind of features' name in the benchmark: MIND-SSC is crossreg's default, plainly ``crossreg``.
+_BENCH_NAME = {"mind": "crossreg"}
+
+
+def crossreg_methods(device: str = "cpu", weights: str | None = None) -> list[Method]:
+    """For every kind of :data:`crossreg.features.FEATURES`: ``<name>`` (the defaults),
+    ``<name>-norefine``, and ``<name>-<matcher>`` for every matcher of
+    :data:`crossreg.correspond.MATCHERS` forced; then ``crosskey-learned``, CrossKEY's learned
+    descriptor alone (no MIND-SSC re-ranking, no refinement). ``weights``: a model file for the
+    learned kinds (None: the shipped ones)."""
+    methods = []
+    for kind in FEATURES:
+        name = _BENCH_NAME.get(kind, kind)
+        config = RegisterConfig(features=kind, weights=None if kind == "mind" else weights, device=device)
+        methods += [
+            crossreg_method(name, config),
+            crossreg_method(f"{name}-norefine", replace(config, refine=None)),
+        ]
+        methods += [crossreg_method(f"{name}-{way}", replace(config, matching=way)) for way in MATCHERS]
+    crosskey = RegisterConfig(features="crosskey", weights=weights, device=device, refine=None)
+    return [*methods, crossreg_method("crosskey-learned", replace(crosskey, dense=DenseConfig(shortlist=0)))]
+
+
 def default_methods(device: str = "cpu", weights: str | None = None) -> list[Method]:
-    """identity; crossreg with MIND-SSC (defaults: ``auto`` matching; and sparse or dense matching
-    forced) and with CrossKEY descriptors (``weights``: a model file, None for the shipped one), with
-    and without refinement, and without refinement or MIND-SSC re-ranking (``crosskey-learned``: the
-    learned descriptor alone); SimpleITK, ANTsPy and elastix rigid."""
-    crosskey = RegisterConfig(features="crosskey", weights=weights, device=device)
-    learned_alone = replace(crosskey, refine=None, dense=DenseConfig(shortlist=0))
+    """identity, :func:`crossreg_methods`, and SimpleITK, ANTsPy and elastix rigid."""
     return [
         Method("identity", identity),
-        crossreg_method("crossreg", RegisterConfig(device=device)),
-        crossreg_method("crossreg-norefine", RegisterConfig(device=device, refine=None)),
-        crossreg_method("crossreg-sparse", RegisterConfig(device=device, matching="sparse")),
-        crossreg_method("crossreg-dense", RegisterConfig(device=device, matching="dense")),
-        crossreg_method("crosskey", crosskey),
-        crossreg_method("crosskey-norefine", replace(crosskey, refine=None)),
-        crossreg_method("crosskey-learned", learned_alone),
+        *crossreg_methods(device, weights),
         Method("simpleitk-mi", sitk_rigid),
         Method("ants-rigid", ants_rigid, ("ants",)),
         Method("elastix-rigid", elastix_rigid, ("itk.ElastixPython",)),

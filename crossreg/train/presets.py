@@ -15,16 +15,15 @@ SOURCE_MM = 2.0
 
 def patient_config(steps: int = 800, seed: int = 0, workers: int = 0) -> TrainConfig:
     """Synthetic ultrasound of one patient's T1 only: no anatomy changes, the MRI as it is. Each batch
-    of pairs serves 4 steps (data echoing): 800 steps took 4 minutes on an H100 with 15 synthesis
-    workers and beat 316 steps without echoing in 5 minutes (docs/benchmarks.md)."""
+    of pairs serves 4 steps (data echoing; why and what it gained: docs/benchmarks.md)."""
     return batching(TrainConfig(steps=steps, seed=seed, workers=workers), echo=4)
 
 
 def general_config(steps: int = 1300, seed: int = 0, workers: int = 0) -> TrainConfig:
     """Every real MRI available, warped elastically into new anatomies, its MRI side shown as T1,
     T2-like or a random contrast, so the descriptors carry to other brains and MR sequences. Each
-    batch of pairs serves 6 steps: the recipe of the shipped weights (1300 steps, 469 s on an H100
-    with 15 synthesis workers; crossreg/features/weights/crosskey_general_v2.md)."""
+    batch of pairs serves 6 steps: the recipe of the shipped weights (their model card,
+    crossreg/features/weights/crosskey_general_v2.md)."""
     pairs = PairConfig(fixed_contrasts=("t1", "t1", "t2", "random"), elastic_mm=6.0)
     return batching(TrainConfig(steps=steps, seed=seed, workers=workers, pairs=pairs), echo=6)
 
