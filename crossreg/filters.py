@@ -55,7 +55,12 @@ def dilate(mask: torch.Tensor, radius_vox: int) -> torch.Tensor:
     if radius_vox <= 0:
         return mask
     pool = F.max_pool3d if mask.dim() == 3 else F.max_pool2d
-    return pool(mask[None, None].float(), 2 * radius_vox + 1, stride=1, padding=radius_vox)[0, 0] > 0.5
+    x = mask[None, None].float()
+    # A box maximum is separable: one pass per axis costs 2r+1 per voxel, not (2r+1)^d.
+    for axis in range(mask.dim()):
+        size = tuple(2 * radius_vox + 1 if k == axis else 1 for k in range(mask.dim()))
+        x = pool(x, size, stride=1, padding=tuple(radius_vox if k == axis else 0 for k in range(mask.dim())))
+    return x[0, 0] > 0.5
 
 
 def erode(mask: torch.Tensor, radius_vox: int) -> torch.Tensor:
