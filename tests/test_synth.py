@@ -247,3 +247,26 @@ def test_elastic_warp_moves_content_where_apply_says(ndim):
     here = sample_sitk(warped, points)
     there, unmoved = sample_sitk(image, warp.apply(points)), sample_sitk(image, points)
     assert np.abs(here - there).mean() < 0.2 * np.abs(here - unmoved).mean()
+
+
+def test_synth_subject_writes_a_bench_case_of_another_head(tmp_path):
+    from typer.testing import CliRunner
+
+    from crossreg.cli import app
+    from crossreg.evaluate.cases import folder_cases
+
+    out = tmp_path / "subject"
+    result = CliRunner().invoke(
+        app, ["synth", "subject", "--out", str(out), "--seed", "3", "--landmarks", "30"]
+    )
+    assert result.exit_code == 0, result.output
+    assert not (out / "true_transform.tfm").exists()  # nonlinear: the landmarks carry the truth
+    (case,) = folder_cases(out)
+    assert case.true_transform is None and len(case.landmarks_fixed_mm) >= 25
+    moved = np.linalg.norm(case.landmarks_moving_mm - case.landmarks_fixed_mm, axis=1)
+    assert np.median(moved) > 2.0  # another head shape, not the template
+    # Salient points spread over the brain, at least the detector's 10 mm apart.
+    gaps = np.linalg.norm(case.landmarks_fixed_mm[:, None] - case.landmarks_fixed_mm[None], axis=2)
+    assert gaps[np.triu_indices(len(gaps), 1)].min() >= 9.9
+    again = CliRunner().invoke(app, ["synth", "subject", "--out", str(out)])
+    assert again.exit_code == 2 and "--force" in again.output

@@ -9,7 +9,7 @@ from typing import Annotated, get_args
 import typer
 
 from crossreg.cli.app import app
-from crossreg.cli.common import console, friendly_errors, parse_floats, parse_list
+from crossreg.cli.common import check_device, console, friendly_errors, parse_floats, parse_list
 from crossreg.errors import CrossregError
 from crossreg.synth.cases import CaseKind
 
@@ -81,6 +81,56 @@ def pair(
         )
         paths = write_pair(case, out, force)
     console.print(f"wrote {len(paths)} files to {out}/ ({case.name})", highlight=False)
+
+
+@synth_app.command()
+@friendly_errors
+def subject(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the case into.")],
+    template: Annotated[
+        Path | None, typer.Option(help="Skull-stripped T1 template (default: the shipped MNI152, 2 mm).")
+    ] = None,
+    gm: Annotated[Path | None, typer.Option(help="Template grey-matter map (with --template).")] = None,
+    wm: Annotated[Path | None, typer.Option(help="Template white-matter map (with --template).")] = None,
+    contrast: Annotated[str, typer.Option(help="Subject contrast: t1, t2, ct or random.")] = "random",
+    family: Annotated[
+        str, typer.Option(help="Deformation families to draw from, comma-separated: global,regional,atrophy.")
+    ] = "global,regional,atrophy",
+    seed: Annotated[int, typer.Option(help="Seed of the subject's shape and look.")] = 0,
+    landmarks: Annotated[int, typer.Option(help="Salient template points to carry into the subject.")] = 40,
+    device: Annotated[str, typer.Option(help="Torch device: cpu or cuda.")] = "cpu",
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing outputs.")] = False,
+) -> None:
+    """Write fixed.nii.gz (the template), moving.nii.gz (a synthetic subject: another head shape and
+    contrast, drawn from the template's tissues) and landmarks.csv (salient template points and their
+    exact places in the subject): a case for `crossreg bench --data`."""
+    from crossreg import datasets
+    from crossreg.imageio import load
+    from crossreg.outputs import check_outputs
+    from crossreg.synth.geometry import salient_landmarks
+    from crossreg.synth.modality import as_probability
+    from crossreg.synth.pairs import SUBJECT_PAIR_FILES, write_subject_pair
+    from crossreg.synth.subjects import SubjectConfig, make_subject
+
+    if (template is None) != (gm is None) or (gm is None) != (wm is None):
+        raise CrossregError("--template, --gm and --wm go together: give all three or none")
+    check_device(device)
+    config = SubjectConfig(contrast=contrast, families=tuple(parse_list(family, "--family")))
+    check_outputs([out / name for name in SUBJECT_PAIR_FILES], force)
+    if template is None:
+        t1, tissues = datasets.mni152_t1(2), datasets.mni152_tissues(2)
+    else:
+        t1, tissues = load(template), {"gm": as_probability(load(gm)), "wm": as_probability(load(wm))}
+    if t1.ndim != 3:
+        raise CrossregError(f"{template}: a {t1.ndim}D image; synthetic subjects need a 3D template")
+    with console.status("drawing a synthetic subject"):
+        made = make_subject(t1, tissues, config, seed=seed, device=device)
+        points = salient_landmarks(t1, landmarks)
+        paths = write_subject_pair(t1, made, points, out, force)
+    console.print(
+        f"wrote {len(paths)} files to {out}/ ({made.family} deformation, {len(points)} landmarks)",
+        highlight=False,
+    )
 
 
 @synth_app.command()

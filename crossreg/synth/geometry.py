@@ -273,3 +273,15 @@ def sample_landmarks(image: Image, n: int, seed: int = 0, mask: np.ndarray | Non
     chosen = rng.choice(candidates, size=n, replace=False)
     idx_xyz = np.stack(np.unravel_index(chosen, region.shape), axis=1)[:, ::-1]
     return image.grid.index_to_world(idx_xyz + rng.uniform(-0.5, 0.5, idx_xyz.shape))
+
+
+def salient_landmarks(image: Image, n: int, spacing_mm: float = 10.0) -> np.ndarray:
+    """``(n, d)`` world points (mm) at the image's most salient blobs and corners inside its field of
+    view (:func:`crossreg.keypoints.detect_keypoints`, at least ``spacing_mm`` apart, 6 mm inside):
+    points an observer could click again, spread over the anatomy. Fewer where fewer are found."""
+    from crossreg.keypoints import KeypointConfig, detect_keypoints
+
+    config = KeypointConfig(
+        nms_radius_mm=spacing_mm, border_mm=6.0, max_keypoints=n, min_keypoints=0, sampling="top"
+    )
+    return detect_keypoints(image, config).points_mm.double().numpy()

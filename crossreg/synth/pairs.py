@@ -9,6 +9,10 @@ Files written to the output folder (world coordinates in mm, LPS, as everywhere 
   (``id, fixed_x, fixed_y[, fixed_z], moving_x, moving_y[, moving_z], inlier, confidence``;
   every row an inlier, confidence empty);
 - ``landmarks_fixed.mrk.json``, ``landmarks_moving.mrk.json``: the same points as 3D Slicer markups.
+
+:func:`write_subject_pair` writes the same folder for a synthetic subject of the template
+(:mod:`crossreg.synth.subjects`) without ``true_transform.tfm``: the deformation is nonlinear, and
+the landmarks, mapped exactly, carry the truth.
 """
 
 from __future__ import annotations
@@ -17,19 +21,21 @@ from pathlib import Path
 
 import numpy as np
 
+from crossreg.image import Image
 from crossreg.imageio import save
 from crossreg.markups import write_markups_json, write_matches_csv
 from crossreg.outputs import check_outputs
 from crossreg.synth.cases import Case
+from crossreg.synth.subjects import Subject
 
-PAIR_FILES = (
+SUBJECT_PAIR_FILES = (
     "fixed.nii.gz",
     "moving.nii.gz",
-    "true_transform.tfm",
     "landmarks.csv",
     "landmarks_fixed.mrk.json",
     "landmarks_moving.mrk.json",
 )
+PAIR_FILES = (*SUBJECT_PAIR_FILES[:2], "true_transform.tfm", *SUBJECT_PAIR_FILES[2:])
 
 
 def write_pair(case: Case, out_dir: str | Path, force: bool = False) -> dict[str, Path]:
@@ -40,18 +46,38 @@ def write_pair(case: Case, out_dir: str | Path, force: bool = False) -> dict[str
     """
     paths = {name: Path(out_dir) / name for name in PAIR_FILES}
     check_outputs(paths.values(), force)
-    save(case.fixed, paths["fixed.nii.gz"])
-    save(case.moving, paths["moving.nii.gz"])
     case.true_transform.save(paths["true_transform.tfm"])
-    n = len(case.landmarks_fixed_mm)
-    write_matches_csv(
-        paths["landmarks.csv"], case.landmarks_fixed_mm, case.landmarks_moving_mm, np.ones(n, bool)
-    )
-    labels = [f"L{i + 1}" for i in range(n)]
-    write_markups_json(
-        paths["landmarks_fixed.mrk.json"], case.landmarks_fixed_mm, labels, f"{case.name} fixed"
-    )
-    write_markups_json(
-        paths["landmarks_moving.mrk.json"], case.landmarks_moving_mm, labels, f"{case.name} moving"
+    _write_images_and_landmarks(
+        paths, case.fixed, case.moving, case.landmarks_fixed_mm, case.landmarks_moving_mm, case.name
     )
     return paths
+
+
+def write_subject_pair(
+    template: Image, subject: Subject, landmarks_mm: np.ndarray, out_dir: str | Path, force: bool = False
+) -> dict[str, Path]:
+    """Write the template (fixed), a synthetic subject (moving) and template landmarks ``(N, 3)`` with
+    their exact places in the subject: a case folder for ``crossreg bench --data``. No transform file:
+    the truth is nonlinear, the landmarks carry it. Gives back the written paths by file name."""
+    paths = {name: Path(out_dir) / name for name in SUBJECT_PAIR_FILES}
+    check_outputs(paths.values(), force)
+    name = f"subject-{subject.family}-seed{subject.seed}"
+    moving_mm = np.asarray(subject.to_subject(landmarks_mm), float)
+    _write_images_and_landmarks(paths, template, subject.image, landmarks_mm, moving_mm, name)
+    return paths
+
+
+def _write_images_and_landmarks(
+    paths: dict[str, Path],
+    fixed: Image,
+    moving: Image,
+    fixed_mm: np.ndarray,
+    moving_mm: np.ndarray,
+    name: str,
+) -> None:
+    save(fixed, paths["fixed.nii.gz"])
+    save(moving, paths["moving.nii.gz"])
+    write_matches_csv(paths["landmarks.csv"], fixed_mm, moving_mm, np.ones(len(fixed_mm), bool))
+    labels = [f"L{i + 1}" for i in range(len(fixed_mm))]
+    write_markups_json(paths["landmarks_fixed.mrk.json"], fixed_mm, labels, f"{name} fixed")
+    write_markups_json(paths["landmarks_moving.mrk.json"], moving_mm, labels, f"{name} moving")
