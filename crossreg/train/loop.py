@@ -132,6 +132,7 @@ def train(
     """Train a descriptor network on pairs synthesised from ``sources``; write it to ``out`` (with
     ``meta`` and the config in its card data), ``out``.ckpt and ``out``.log.jsonl. Gives the network."""
     out = Path(out)
+    owns_group = not dist.is_initialized()
     rank, world = _distributed()
     torch.manual_seed(config.seed)
     dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if device == "cuda" else device)
@@ -201,6 +202,10 @@ def train(
         )
     if world > 1:
         dist.barrier()
+    if world > 1 and owns_group:
+        # Without an orderly shutdown, gloo's threads can outlive the interpreter: the rank that exits
+        # second then aborts ("terminate called without an active exception"), measured 1 in 100 runs.
+        dist.destroy_process_group()
     return net.eval()
 
 
