@@ -22,11 +22,11 @@ from crossreg.features.crosskey import (
     CrossKeyConfig,
     CrossKeyFeatures,
     DescriptorNet,
-    ModelLoadError,
     default_weights_path,
     load_model,
     save_model,
 )
+from crossreg.features.weights import ModelLoadError
 from crossreg.plan import plan_pair
 from crossreg.register import register
 from crossreg.resample import working_image
@@ -83,7 +83,7 @@ def test_bad_weights_files_are_refused(tmp_path):
         load_model(junk)
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
-    with pytest.raises(ModelLoadError, match="not a crossreg descriptor model"):
+    with pytest.raises(ModelLoadError, match="not a crossreg crosskey model"):
         load_model(foreign)
     wrong = tmp_path / "wrong.pt"
     save_model(wrong, DescriptorNet(SMALL_2D), {})

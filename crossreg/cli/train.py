@@ -15,7 +15,7 @@ from crossreg.cli.app import app
 from crossreg.cli.common import check_device, console, friendly_errors
 from crossreg.errors import CrossregError
 
-train_app = typer.Typer(no_args_is_help=True, help="Train CrossKEY descriptors (MRI <-> ultrasound).")
+train_app = typer.Typer(no_args_is_help=True, help="Train CrossKEY descriptors or anatomical embeddings.")
 app.add_typer(train_app, name="train")
 
 Steps = Annotated[int | None, typer.Option(help="Optimiser steps (default: the preset's).")]
@@ -59,7 +59,10 @@ def _run(sources, out: Path, config, device: str, resume: bool, force: bool, kin
 
 
 def _commit() -> str:
-    """The git commit of the code that trained (``unknown`` outside a checkout)."""
+    """The git commit of the code that trained: ``CROSSREG_COMMIT`` if set (a copy of the tree without
+    its history), else the checkout's, else ``unknown``."""
+    if os.environ.get("CROSSREG_COMMIT"):
+        return os.environ["CROSSREG_COMMIT"]
     try:
         proc = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
@@ -124,3 +127,50 @@ def general(
     )
     config = batching(config, pairs_per_step, echo)
     _run(general_sources(), out, config, device, resume, force, "general")
+
+
+@train_app.command()
+@friendly_errors
+def embedding(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (.pt).")],
+    steps: Annotated[int, typer.Option(help="Optimiser steps of the whole schedule.", min=1)] = 2000,
+    pairs_per_step: Annotated[int, typer.Option(help="Pairs of views per optimiser step.", min=1)] = 4,
+    minutes: Annotated[
+        float | None, typer.Option(help="Stop after this many minutes (checkpointed; --resume goes on).")
+    ] = None,
+    warm_start: Annotated[
+        Path | None,
+        typer.Option(help="Start from this model at the step it was written at, with a fresh optimiser."),
+    ] = None,
+    device: Device = "cpu",
+    seed: Seed = 0,
+    resume: Resume = False,
+    force: Force = False,
+) -> None:
+    """Train universal anatomical embeddings on synthetic subjects of the shipped MNI152 template (other
+    head shapes, random contrasts, partial fields of view); the regional deformation family is held out."""
+    from dataclasses import replace
+
+    from crossreg.outputs import check_outputs
+    from crossreg.train.embedding import EmbeddingTrainConfig, train_embedding
+
+    check_device(device)
+    if not resume:
+        check_outputs([out], force)
+    config = replace(EmbeddingTrainConfig(), steps=steps, pairs_per_step=pairs_per_step, seed=seed)
+    meta = {"kind": "uae", "command": "crossreg " + shlex.join(sys.argv[1:]), "commit": _commit()}
+    with console.status(f"training ({config.steps} steps)") as status:
+
+        def show(entry) -> None:
+            stats = ", ".join(f"{k} {v:.3f}" for k, v in entry.stats.items())
+            status.update(
+                f"step {entry.step}/{config.steps}: loss {entry.loss:.3f} ({stats}), {entry.seconds:.0f} s"
+            )
+            if not console.is_terminal:
+                console.print(f"step {entry.step}: loss {entry.loss:.3f} ({stats}), {entry.seconds:.0f} s")
+
+        stop = None if minutes is None else 60 * minutes
+        train_embedding(out, config, device, resume, meta, show, stop, warm_start)
+    console.print(
+        f"wrote {out} (log: {out.with_suffix('.log.jsonl')}, checkpoint {out.with_suffix('.ckpt')})"
+    )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from crossreg.features.base import Description, Features
 from crossreg.features.crosskey import crosskey_features
 from crossreg.features.mind import MindFeatures
+from crossreg.features.uae import embedding_features
 
 if TYPE_CHECKING:
     from crossreg.config import RegisterConfig
@@ -27,6 +28,7 @@ def mind_features(config: RegisterConfig, ndim: int) -> MindFeatures:
 FEATURES: dict[str, Callable[[RegisterConfig, int], Features]] = {
     "mind": mind_features,  # MIND-SSC: hand-crafted, any modality pair
     "crosskey": crosskey_features,  # learned CrossKEY descriptors (MRI <-> ultrasound), weights file
+    "uae": embedding_features,  # universal anatomical embeddings (semantic + local), weights file
 }
 
 

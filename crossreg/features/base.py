@@ -28,11 +28,14 @@ class Description:
     at: the descriptor, on the features' device.
     rerank_at: a second descriptor that re-ranks a shortlist of candidates found with the first, or
         None when the features have none (dense matching then takes the nearest in ``at`` alone).
+    coarse_at: a descriptor of wide context that finds the region first when searching a whole image
+        (:func:`crossreg.locate.locate`), or None to search with ``at`` everywhere.
     """
 
     image: Image
     at: Reader
     rerank_at: Reader | None = None
+    coarse_at: Reader | None = None
 
 
 class Features(Protocol):

@@ -12,11 +12,10 @@ the moving image; see crossreg.train).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
-from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -26,8 +25,8 @@ from torch import nn
 from crossreg.errors import CrossregError
 from crossreg.features.base import Description
 from crossreg.features.mind import MindConfig, mind_descriptors, mind_maps, ssc_pairs
+from crossreg.features.weights import load_weights, save_weights, shipped_weights
 from crossreg.image import Image
-from crossreg.outputs import atomic_write
 from crossreg.resample import grid_coords
 
 if TYPE_CHECKING:
@@ -35,11 +34,12 @@ if TYPE_CHECKING:
 
 #: The general model shipped with the package (trained by ``crossreg train general``).
 DEFAULT_WEIGHTS = "crosskey_general_v2.pt"
-FORMAT_VERSION = 1
 
 
-class ModelLoadError(CrossregError):
-    """A weights file is missing, unreadable, or not a crossreg descriptor model."""
+class NetworkConfig(Protocol):
+    """What :func:`network_input` reads of a network's config."""
+
+    mind_input: bool
 
 
 @dataclass(frozen=True)
@@ -58,13 +58,18 @@ class CrossKeyConfig:
 
     @property
     def in_channels(self) -> int:
-        """Input channels: intensity, mask and (``mind_input``) 12 (3D) or 4 (2D) per MIND dilation."""
-        per_dilation = len(ssc_pairs(self.ndim))
-        return 2 + (len(MindConfig().dilations_mm) * per_dilation if self.mind_input else 0)
+        """Input channels: intensity, mask and (``mind_input``) the MIND-SSC maps."""
+        return input_channels(self.ndim, self.mind_input)
 
     def __post_init__(self) -> None:
         if self.ndim not in (2, 3) or not self.channels or self.out_dim < 1:
             raise ValueError(f"invalid CrossKeyConfig {self}")
+
+
+def input_channels(ndim: int, mind_input: bool) -> int:
+    """Channels of :func:`network_input`: intensity, mask and (``mind_input``) 12 (3D) or 4 (2D) per
+    dilation of the default MIND-SSC."""
+    return 2 + (len(MindConfig().dilations_mm) * len(ssc_pairs(ndim)) if mind_input else 0)
 
 
 def _block(ndim: int, c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -118,7 +123,7 @@ class DescriptorNet(nn.Module):
         return F.normalize(self.head(torch.cat(columns, dim=1)), dim=1)
 
 
-def network_input(work: Image, config: CrossKeyConfig, mind: torch.Tensor | None = None) -> torch.Tensor:
+def network_input(work: Image, config: NetworkConfig, mind: torch.Tensor | None = None) -> torch.Tensor:
     """``(1, config.in_channels, *work.shape)``: intensity (0 outside the mask), mask and, with
     ``config.mind_input``, the MIND-SSC maps (0 outside the mask) of a working image (``mind``:
     ``mind_maps(work)`` with the default :class:`MindConfig`, if already computed)."""
@@ -180,55 +185,16 @@ def crosskey_features(config: RegisterConfig, ndim: int) -> CrossKeyFeatures:
 
 def save_model(path: str | Path, net: DescriptorNet, meta: dict) -> None:
     """Write ``net`` (fp16 weights, its config and ``meta``: data, command, metrics) atomically."""
-    state = {k: v.detach().cpu().half() if v.is_floating_point() else v for k, v in net.state_dict().items()}
-    payload = {"format": FORMAT_VERSION, "config": asdict(net.config), "state_dict": state, "meta": meta}
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    save_weights(path, net, "crosskey", meta)
 
 
 def default_weights_path() -> Path:
     """The shipped general model's file inside the package."""
-    return Path(str(resources.files("crossreg.features") / "weights" / DEFAULT_WEIGHTS))
+    return shipped_weights(DEFAULT_WEIGHTS)
 
 
 def load_model(path: str | Path | None = None, device: str = "cpu") -> tuple[DescriptorNet, dict]:
     """The network in ``path`` (the shipped general model if None), in eval mode on ``device``, and its
     meta. Raises ModelLoadError for a missing, corrupt or foreign file."""
     path = Path(path) if path is not None else default_weights_path()
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: no such weights file (train one with `crossreg train`)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a corrupt or non-torch file
-        raise ModelLoadError(
-            f"{path}: not a readable weights file (torch cannot load it: {type(err).__name__}); re-copy it "
-            "or train one with `crossreg train`"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
-        raise ModelLoadError(f"{path}: not a crossreg descriptor model (format {FORMAT_VERSION} expected)")
-    try:
-        config = CrossKeyConfig(**{**payload["config"], "channels": tuple(payload["config"]["channels"])})
-        net = DescriptorNet(config)
-        state = {k: v.float() for k, v in payload["state_dict"].items()}
-        misfit = _misfit(net.state_dict(), state)
-        if not misfit:
-            net.load_state_dict(state)
-    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
-        misfit = str(err).splitlines()[0] if str(err) else type(err).__name__
-    if misfit:
-        raise ModelLoadError(
-            f"{path}: weights do not fit the descriptor network its config describes ({misfit}); the file "
-            "was altered or written by other code: retrain it with `crossreg train`"
-        )
-    return net.to(device).eval(), dict(payload.get("meta", {}))
-
-
-def _misfit(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str:
-    """How ``state`` differs from a network's ``expected`` state dict, in a few words ("" if it fits)."""
-    shaped = sum(expected[k].shape != state[k].shape for k in expected.keys() & state.keys())
-    counts = {
-        "of another shape": shaped,
-        "missing": len(expected.keys() - state.keys()),
-        "unexpected": len(state.keys() - expected.keys()),
-    }
-    found = [f"{n} {what}" for what, n in counts.items() if n]
-    return "tensors: " + ", ".join(found) if found else ""
+    return load_weights(path, "crosskey", CrossKeyConfig, DescriptorNet, device)

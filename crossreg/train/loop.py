@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from crossreg.features.crosskey import CrossKeyConfig, DescriptorNet, save_model
-from crossreg.outputs import atomic_write
+from crossreg.train.checkpoints import cosine_lr, load_checkpoint, save_checkpoint
 from crossreg.train.data import PairConfig, PairStream, Source, TrainingPair
 from crossreg.train.losses import LossConfig, descriptor_loss
 
@@ -140,7 +139,7 @@ def train(
     optimiser = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
     checkpoint, log_path = out.with_suffix(".ckpt"), out.with_suffix(".log.jsonl")
-    step = _resume(checkpoint, net, optimiser, generator) if resume else 0
+    step = load_checkpoint(checkpoint, net, optimiser, generator) if resume else 0
     if rank == 0 and step == 0:
         log_path.unlink(missing_ok=True)
     model: torch.nn.Module = _Encoder(net)
@@ -161,7 +160,7 @@ def train(
     while step < config.steps:
         progress = step / max(config.steps - 1, 1)
         hardness = min(step / max(config.hardness_warmup * config.steps, 1), 1.0)
-        lr = config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+        lr = cosine_lr(config.lr, progress)
         for group in optimiser.param_groups:
             group["lr"] = lr
         optimiser.zero_grad(set_to_none=True)
@@ -195,7 +194,7 @@ def train(
             if on_step is not None:
                 on_step(entry)
         if rank == 0 and (step % config.checkpoint_every == 0 or step == config.steps):
-            _checkpoint(checkpoint, net, optimiser, generator, step)
+            save_checkpoint(checkpoint, net, optimiser, generator, step)
     if rank == 0:
         save_model(
             out, net, {**(meta or {}), "train_config": asdict(config), "steps": step, "world_size": world}
@@ -216,29 +215,3 @@ def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str
     summed = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(summed)
     return dict(zip(keys, (summed / dist.get_world_size()).tolist(), strict=True))
-
-
-def _checkpoint(
-    path: Path, net: DescriptorNet, optimiser: torch.optim.Optimizer, generator: torch.Generator, step: int
-) -> None:
-    state = {
-        "model": net.state_dict(),
-        "optimiser": optimiser.state_dict(),
-        "generator": generator.get_state(),
-        "step": step,
-    }
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def _resume(
-    path: Path, net: DescriptorNet, optimiser: torch.optim.Optimizer, generator: torch.Generator
-) -> int:
-    """Load ``path`` into the model, optimiser and generator; the step it was saved at (0 if absent)."""
-    if not path.is_file():
-        log.info("no checkpoint at %s: starting from step 0", path)
-        return 0
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    net.load_state_dict(state["model"])
-    optimiser.load_state_dict(state["optimiser"])
-    generator.set_state(state["generator"])
-    return int(state["step"])
