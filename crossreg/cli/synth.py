@@ -135,6 +135,43 @@ def subject(
 
 @synth_app.command()
 @friendly_errors
+def longitudinal(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the case into.")],
+    contrast: Annotated[str, typer.Option(help="Baseline contrast: t1, t2, ct or random.")] = "random",
+    followup_contrast: Annotated[
+        str | None, typer.Option(help="Follow-up contrast: t1, t2, ct or random (default: the baseline's).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the head, the lesions, the motion and both looks.")] = 0,
+    device: Annotated[str, typer.Option(help="Torch device: cpu or cuda.")] = "cpu",
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing outputs.")] = False,
+) -> None:
+    """Write baseline.nii.gz (a synthetic subject of the shipped MNI152 with 3-6 lesions), followup.nii.gz
+    (the same head later: each lesion grown or shrunk, the tissue around it pushed, the head moved, a new
+    look), lesions_baseline.csv and lesions_followup.csv (x,y,z,radius,label in LPS mm; the follow-up
+    file is the truth): a case for lesion tracking."""
+    from crossreg import datasets
+    from crossreg.outputs import check_outputs
+    from crossreg.synth.lesions import (
+        LONGITUDINAL_FILES,
+        FollowupConfig,
+        make_longitudinal,
+        write_longitudinal,
+    )
+    from crossreg.synth.subjects import SubjectConfig
+
+    check_device(device)
+    subject_config = SubjectConfig(contrast=contrast)
+    followup_config = FollowupConfig(contrast=followup_contrast)
+    check_outputs([out / name for name in LONGITUDINAL_FILES], force)
+    t1, tissues = datasets.mni152_t1(2), datasets.mni152_tissues(2)
+    with console.status("drawing a baseline scan with lesions and its follow-up"):
+        made = make_longitudinal(t1, tissues, subject_config, followup_config, seed=seed, device=device)
+        paths = write_longitudinal(made, out, force)
+    console.print(f"wrote {len(paths)} files to {out}/ ({len(made.lesions)} lesions)", highlight=False)
+
+
+@synth_app.command()
+@friendly_errors
 def panel(
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path(
         "docs/img/synth_us_examples.png"

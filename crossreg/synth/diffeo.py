@@ -146,28 +146,24 @@ class Deformation:
     def _phi(self, points: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
         return points + sample_world(field, self.grid, points).movedim(0, -1)
 
-    def _affine(self, points: torch.Tensor, t: AffineTransform) -> torch.Tensor:
-        m = torch.as_tensor(t.matrix, dtype=points.dtype, device=points.device)
-        return points @ m.T + torch.as_tensor(t.translation_mm, dtype=points.dtype, device=points.device)
-
     def template_points(self, points_mm: torch.Tensor) -> torch.Tensor:
         """``to_template`` of subject points ``(*P, 3)`` as a tensor on the deformation's device."""
-        return self._phi(self._affine(points_mm, self.affine), self.forward_mm)
+        return self._phi(affine_points(points_mm, self.affine), self.forward_mm)
 
     def subject_points(self, points_mm: torch.Tensor, iterations: int = 4) -> torch.Tensor:
         """``to_subject`` of template points ``(*P, 3)`` as a tensor on the deformation's device."""
         z = self._phi(points_mm, self.inverse_mm)
         for _ in range(iterations):  # phi's displacement varies slowly (|grad u| < 1): a contraction
             z = z - (self._phi(z, self.forward_mm) - points_mm)
-        return self._affine(z, self.affine.inverse())
+        return affine_points(z, self.affine.inverse())
 
     def to_template(self, points_mm: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Template world points ``(N, 3)`` of subject world points ``(N, 3)`` (numpy or torch, kept)."""
-        return _through(self.template_points, points_mm, self.device)
+        return map_points(self.template_points, points_mm, self.device)
 
     def to_subject(self, points_mm: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Subject world points ``(N, 3)`` of template world points ``(N, 3)`` (numpy or torch, kept)."""
-        return _through(self.subject_points, points_mm, self.device)
+        return map_points(self.subject_points, points_mm, self.device)
 
     def warp(self, volume: torch.Tensor, source: Grid, target: Grid) -> torch.Tensor:
         """Template volume ``(C, *source.shape)`` pulled onto subject grid ``target``: ``(C, *target.shape)``,
@@ -182,7 +178,13 @@ class Deformation:
         return torch.linalg.det(jac) * float(np.linalg.det(self.affine.matrix))
 
 
-def _through(fn, points_mm: np.ndarray | torch.Tensor, device: torch.device) -> np.ndarray | torch.Tensor:
+def affine_points(points: torch.Tensor, t: AffineTransform) -> torch.Tensor:
+    """``t`` applied to world points ``(*P, d)``, in their dtype and on their device."""
+    m = torch.as_tensor(t.matrix, dtype=points.dtype, device=points.device)
+    return points @ m.T + torch.as_tensor(t.translation_mm, dtype=points.dtype, device=points.device)
+
+
+def map_points(fn, points_mm: np.ndarray | torch.Tensor, device: torch.device) -> np.ndarray | torch.Tensor:
     """``fn`` applied in float64 on ``device``; the result in the input's type, dtype and device."""
     if isinstance(points_mm, torch.Tensor):
         return fn(points_mm.to(device, torch.float64)).to(points_mm.device, points_mm.dtype)

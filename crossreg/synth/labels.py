@@ -55,7 +55,7 @@ class LabelConfig:
             )
 
 
-def _signed_distance_mm(image: Image, mask: np.ndarray) -> np.ndarray:
+def signed_distance_mm(image: Image, mask: np.ndarray) -> np.ndarray:
     """Signed distance (mm) of each voxel centre to the surface of ``mask``: positive outside."""
     itk = sitk.Cast(to_sitk(image.with_array(mask.astype(np.float32))) > 0.5, sitk.sitkUInt8)
     dist = sitk.SignedMaurerDistanceMap(
@@ -88,7 +88,7 @@ def head_labels(
     if max(gm.max(), wm.max()) > 1.001:
         raise InvalidImageError("tissue maps must be probabilities in [0, 1]; divide 0-255 maps by 255")
     brain = _fill_holes(fov_mask(big) | (gm + wm > 0.5))
-    d = _signed_distance_mm(big, brain)
+    d = signed_distance_mm(big, brain)
     h = min(big.spacing_mm)
 
     def ramp(at_mm: float) -> np.ndarray:  # 0 inside, 1 outside the surface ``d == at_mm``

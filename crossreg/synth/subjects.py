@@ -16,6 +16,7 @@ painting, blurring) is torch on ``device``; bias field, noise and re-gridding re
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -25,6 +26,8 @@ import torch
 from crossreg.errors import InvalidConfigError
 from crossreg.filters import erode, gaussian_blur
 from crossreg.image import Grid, Image
+from crossreg.resample import sample_world
+from crossreg.synth.beam import grid_points_mm
 from crossreg.synth.diffeo import (
     FAMILIES,
     Deformation,
@@ -46,6 +49,9 @@ __all__ = [
     "Look",
     "Subject",
     "SubjectConfig",
+    "acquire",
+    "classes_at",
+    "draw_anatomy",
     "draw_look",
     "make_subject",
 ]
@@ -169,11 +175,18 @@ def _subject_grid(
     return covering_grid(corners, (spacing_mm,) * 3, grid.direction)
 
 
+def classes_at(labels: dict[str, Image], template_mm: torch.Tensor) -> torch.Tensor:
+    """The :data:`CLASSES` probabilities ``(5, *P)`` of ``labels`` at template world points ``(*P, 3)``
+    (float32, on their device); sum 1, air outside the labels' grid."""
+    inside = torch.from_numpy(np.stack([labels[k].array for k in CLASSES[1:]])).float()
+    warped = sample_world(inside.to(template_mm.device), labels["csf"].grid, template_mm.float())
+    return torch.cat([(1.0 - warped.sum(dim=0, keepdim=True)).clamp_min(0.0), warped])
+
+
 def _warp_classes(labels: dict[str, Image], deformation: Deformation, grid: Grid) -> torch.Tensor:
     """The :data:`CLASSES` probabilities ``(5, *grid.shape)`` pulled onto subject ``grid``; sum 1."""
-    inside = torch.from_numpy(np.stack([labels[k].array for k in CLASSES[1:]])).float()
-    warped = deformation.warp(inside, labels["csf"].grid, grid)  # zero outside: air
-    return torch.cat([(1.0 - warped.sum(dim=0, keepdim=True)).clamp_min(0.0), warped])
+    points = grid_points_mm(grid, deformation.device)
+    return classes_at(labels, deformation.template_points(points))
 
 
 @dataclass(frozen=True)
@@ -208,8 +221,8 @@ def draw_look(contrast: Contrast, config: AppearanceConfig, rng: np.random.Gener
     )
 
 
-def _render(probs: torch.Tensor, grid: Grid, look: Look) -> Image:
-    """The subject painted from its class probabilities ``(5, *grid.shape)``, blurred and biased.
+def _render(probs: torch.Tensor, grid: Grid, look: Look, classes: tuple[str, ...]) -> Image:
+    """The subject painted from its ``classes``' probabilities ``(K, *grid.shape)``, blurred and biased.
 
     Each class's mean plus its spread times one white-noise field, mixed by the probabilities (partial
     volume); then a Gaussian PSF of ``blur_mm`` and a slice profile of FWHM ``slice_mm`` along
@@ -217,7 +230,7 @@ def _render(probs: torch.Tensor, grid: Grid, look: Look) -> Image:
     """
     generator = torch.Generator().manual_seed(look.seeds[0])
     noise = torch.randn(probs.shape[1:], generator=generator).to(probs.device)
-    mu, sd = (torch.tensor([d[k] for k in CLASSES], device=probs.device) for d in (look.means, look.spreads))
+    mu, sd = (torch.tensor([d[k] for k in classes], device=probs.device) for d in (look.means, look.spreads))
     values = torch.einsum("k...,k->...", probs, mu) + noise * torch.einsum("k...,k->...", probs, sd)
     spacing = np.asarray(grid.spacing_mm, float)
     sigma_mm = np.full(3, look.blur_mm)
@@ -227,6 +240,44 @@ def _render(probs: torch.Tensor, grid: Grid, look: Look) -> Image:
     blurred = gaussian_blur(values[None], sigma_vox)[0]
     image = Image(blurred.cpu().numpy(), grid, None, "synthetic subject")
     return bias_field(image, look.bias_strength, look.seeds[1])
+
+
+def acquire(
+    probs_on: Callable[[Grid], torch.Tensor],
+    grid: Grid,
+    look: Look,
+    contrast: Contrast,
+    regrid: bool,
+    classes: tuple[str, ...] = CLASSES,
+) -> tuple[Image, torch.Tensor]:
+    """A scan painted from class probabilities ``probs_on(grid)`` ``(len(classes), *grid.shape)`` as
+    ``look`` says, and the probabilities on its grid.
+
+    The PSF, thick slices and bias field of :func:`_render`; with ``regrid`` the thick-slice axis
+    re-sampled at the slice thickness (``probs_on`` is asked again for that grid); noise (Rician
+    unless ``contrast`` is ``"ct"``); the field-of-view slab.
+    """
+    probs = probs_on(grid)
+    image = _render(probs, grid, look, classes)
+    if regrid and look.slice_mm > grid.spacing_mm[look.slice_axis]:
+        thick = tuple(look.slice_mm if k == look.slice_axis else s for k, s in enumerate(grid.spacing_mm))
+        image = resample_anisotropic(image, thick, antialias=False)  # the slice profile is applied already
+        probs = probs_on(image.grid)
+    image = add_noise(image, look.noise_sigma, look.seeds[2], rician=contrast != "ct")
+    if look.fov_fraction < 1.0:
+        image = apply_slab(image, random_slab(image, look.fov_fraction, look.seeds[3]))
+    return image, probs
+
+
+def draw_anatomy(
+    labels: dict[str, Image], config: SubjectConfig, rng: np.random.Generator, device: torch.device | str
+) -> tuple[Family, Deformation, Grid]:
+    """A subject's deformation family, its :class:`Deformation` of the template ``labels`` and the
+    subject grid covering the warped head, drawn from ``rng``."""
+    family = config.families[int(rng.integers(len(config.families)))]
+    deformation = random_deformation(labels, family, config.deformation, int(rng.integers(2**31)), device)
+    spacing = config.spacing_mm or float(min(labels["csf"].spacing_mm))
+    return family, deformation, _subject_grid(labels, deformation, spacing, config.margin_mm)
 
 
 def make_subject(
@@ -243,20 +294,11 @@ def make_subject(
     """
     labels = tissues if set(CLASSES) <= set(tissues) else head_labels(template, tissues, config.labels)
     rng = np.random.default_rng(seed)
-    family = config.families[int(rng.integers(len(config.families)))]
-    deformation = random_deformation(labels, family, config.deformation, int(rng.integers(2**31)), device)
-    spacing = config.spacing_mm or float(min(labels["csf"].spacing_mm))
-    grid = _subject_grid(labels, deformation, spacing, config.margin_mm)
+    family, deformation, grid = draw_anatomy(labels, config, rng, device)
     look = draw_look(config.contrast, config.appearance, rng)
-    probs = _warp_classes(labels, deformation, grid)
-    image = _render(probs, grid, look)
-    if config.appearance.regrid and look.slice_mm > grid.spacing_mm[look.slice_axis]:
-        thick = tuple(look.slice_mm if k == look.slice_axis else s for k, s in enumerate(grid.spacing_mm))
-        image = resample_anisotropic(image, thick, antialias=False)  # the slice profile is applied already
-        probs = _warp_classes(labels, deformation, image.grid)
-    image = add_noise(image, look.noise_sigma, look.seeds[2], rician=config.contrast != "ct")
-    if look.fov_fraction < 1.0:
-        image = apply_slab(image, random_slab(image, look.fov_fraction, look.seeds[3]))
+    image, probs = acquire(
+        lambda g: _warp_classes(labels, deformation, g), grid, look, config.contrast, config.appearance.regrid
+    )
     maps = {
         k: Image(p.cpu().numpy(), image.grid, None, f"synthetic {k}")
         for k, p in zip(CLASSES, probs, strict=True)
