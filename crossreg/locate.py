@@ -21,8 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from crossreg.errors import InvalidConfigError
-from crossreg.features.base import Description, Reader
+from crossreg.errors import CrossregError, InvalidConfigError
+from crossreg.features.base import Description, Features, Reader
+from crossreg.image import Image
+from crossreg.resample import working_image
+
+#: Working grid spacing of :func:`find_points`, mm: the embeddings are trained at 2 mm.
+SPACING_MM = 2.0
 
 
 @dataclass(frozen=True)
@@ -144,3 +149,30 @@ def locate(
     return Located(
         found.numpy(), score.numpy().astype(np.float64), trip.numpy(), (trip <= config.round_trip_mm).numpy()
     )
+
+
+def find_points(
+    source: Image,
+    points_mm: np.ndarray,
+    target: Image,
+    features: Features,
+    config: LocateConfig = LocateConfig(),
+    spacing_mm: float = SPACING_MM,
+) -> Located:
+    """``points_mm`` ``(N, d)`` (world mm, LPS) of image ``source`` found in image ``target``: both put
+    on working grids of ``spacing_mm``, described by ``features``, searched by :func:`locate`. Raises
+    CrossregError for points outside the source's field of view."""
+    points_mm = np.asarray(points_mm, dtype=np.float64)
+    if points_mm.ndim != 2 or points_mm.shape[1] != source.ndim:
+        raise CrossregError(
+            f"points must be (N, {source.ndim}) for a {source.ndim}D image, got {points_mm.shape}"
+        )
+    work_source, work_target = working_image(source, spacing_mm), working_image(target, spacing_mm)
+    outside = ~work_source.grid.contains(points_mm, margin_vox=0.5)
+    if outside.any():
+        rows = ", ".join(str(i + 1) for i in np.flatnonzero(outside)[:5])
+        raise CrossregError(
+            f"{int(outside.sum())} point(s) lie outside the source image (rows {rows}): give world "
+            "coordinates in mm (LPS) inside it"
+        )
+    return locate(features.describe(work_source), points_mm, features.describe(work_target), config)
