@@ -133,7 +133,7 @@ def general(
 @friendly_errors
 def embedding(
     out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (.pt).")],
-    steps: Annotated[int, typer.Option(help="Optimiser steps of the whole schedule.", min=1)] = 2000,
+    steps: Annotated[int, typer.Option(help="Optimiser steps of the whole schedule.", min=1)] = 3200,
     pairs_per_step: Annotated[int, typer.Option(help="Pairs of views per optimiser step.", min=1)] = 4,
     minutes: Annotated[
         float | None, typer.Option(help="Stop after this many minutes (checkpointed; --resume goes on).")

@@ -50,8 +50,9 @@ def load_weights(
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
         raise ModelLoadError(f"{path}: not a crossreg {kind} model (format {FORMAT_VERSION} expected)")
-    if payload.get("kind", "crosskey") != kind:
-        raise ModelLoadError(f"{path}: a {payload['kind']} model, not a {kind} model: pass the right file")
+    stored_kind = payload.get("kind", "crosskey")  # files written before kinds were recorded
+    if stored_kind != kind:
+        raise ModelLoadError(f"{path}: a {stored_kind} model, not a {kind} model: pass the right file")
     try:
         stored = payload["config"]
         tuples = {f.name for f in fields(config_type) if isinstance(stored.get(f.name), list)}
