@@ -10,14 +10,14 @@ from crossreg.features import FEATURES
 
 def test_vocabularies_are_the_registries():
     assert ("auto", *MATCHERS) == MATCHING and set(MATCHERS) == {"sparse", "dense"}
-    assert set(FEATURES) == {"mind", "crosskey"}
+    assert set(FEATURES) == {"mind", "crosskey", "uae"}
 
 
 @pytest.mark.parametrize(
     ("setting", "words"),
     [
         ({"model": "projective"}, "model 'projective' is unknown; choose from rigid, similarity, affine"),
-        ({"features": "sift"}, "features 'sift' is unknown; choose from mind, crosskey"),
+        ({"features": "sift"}, "features 'sift' is unknown; choose from mind, crosskey, uae"),
         ({"matching": "global"}, "matching 'global' is unknown; choose from auto, sparse, dense"),
         ({"min_confidence": 1.5}, r"min confidence 1.5: expected a value in \[0, 1\]"),
     ],
