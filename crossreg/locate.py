@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from crossreg.errors import CrossregError, InvalidConfigError
+from crossreg.errors import CrossregError, DimensionMismatchError, InvalidConfigError
 from crossreg.features.base import Description, Features, Reader
 from crossreg.image import Image
 from crossreg.resample import working_image
@@ -161,7 +161,9 @@ def find_points(
 ) -> Located:
     """``points_mm`` ``(N, d)`` (world mm, LPS) of image ``source`` found in image ``target``: both put
     on working grids of ``spacing_mm``, described by ``features``, searched by :func:`locate`. Raises
-    CrossregError for points outside the source's field of view."""
+    CrossregError for points outside the source image and for images of different dimensions."""
+    if source.ndim != target.ndim:
+        raise DimensionMismatchError(f"the images are {source.ndim}D and {target.ndim}D; they must agree")
     points_mm = np.asarray(points_mm, dtype=np.float64)
     if points_mm.ndim != 2 or points_mm.shape[1] != source.ndim:
         raise CrossregError(
@@ -172,7 +174,7 @@ def find_points(
     if outside.any():
         rows = ", ".join(str(i + 1) for i in np.flatnonzero(outside)[:5])
         raise CrossregError(
-            f"{int(outside.sum())} point(s) lie outside the source image (rows {rows}): give world "
-            "coordinates in mm (LPS) inside it"
+            f"{int(outside.sum())} point(s) lie outside the image they were placed on (rows {rows}): "
+            "give world coordinates in mm (LPS) inside it"
         )
     return locate(features.describe(work_source), points_mm, features.describe(work_target), config)

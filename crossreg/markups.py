@@ -14,6 +14,10 @@ has no comment syntax, so the frame is stated here and in the README, not in the
 
 Slicer markups (``.mrk.json``) are written with ``"coordinateSystem": "LPS"`` and read in either
 frame; RAS files are converted to LPS (x and y negated).
+
+Points tables (``crossreg landmarks`` and ``crossreg track``) are CSV files whose header names the
+coordinate columns ``x, y[, z]`` and any others (``label``, ``radius``, ...), or Slicer markups files;
+:func:`write_points_table` writes the rows back with found coordinates and :data:`RESULT_COLUMNS`.
 """
 
 from __future__ import annotations
@@ -22,12 +26,17 @@ import csv
 import io
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from crossreg.errors import CrossregError
 from crossreg.outputs import atomic_write_text
+
+if TYPE_CHECKING:
+    from crossreg.locate import Located
 
 MARKUPS_SCHEMA = (
     "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/"
@@ -38,6 +47,10 @@ _LPS_ORIENTATION = [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0]
 _AXES = ("x", "y", "z")
 _UNIT_MM = {"mm": 1.0, "um": 1e-3}
 Rows = list[tuple[int, list[str]]]  # (line number, cells) of the data rows of a CSV file
+#: Columns :func:`write_points_table` adds after a points table's own (replacing any of the same name).
+RESULT_COLUMNS = ("score", "reliable", "round_trip_mm")
+#: File name endings of the points tables :func:`write_points_table` writes.
+POINTS_SUFFIXES = (".csv", ".mrk.json")
 
 
 def _match_columns(ndim: int) -> list[str]:
@@ -121,15 +134,17 @@ def read_landmarks_csv(path: str | Path) -> np.ndarray:
     too, with their ``CoordinateSystem`` (RAS files are converted to LPS).
     """
     header, rows, system = _read_table(path)
-    if header is not None:
-        names = [a for a in _AXES if a in header]
-        if names not in (["x", "y"], ["x", "y", "z"]):
-            raise CrossregError(f"{path}: header has no x,y[,z] columns (found {','.join(header)})")
-        cols = [header.index(a) for a in names]
-    else:
-        cols = _headerless_columns(path, rows)
+    cols = _axis_columns(path, header) if header is not None else _headerless_columns(path, rows)
     points = _numeric(path, rows, cols, list(_AXES[: len(cols)]))
     return _lps(path, points, system)
+
+
+def _axis_columns(path: str | Path, header: list[str]) -> list[int]:
+    """Where the header names ``x, y[, z]``."""
+    names = [a for a in _AXES if a in header]
+    if names not in (["x", "y"], ["x", "y", "z"]):
+        raise CrossregError(f"{path}: header has no x,y[,z] columns (found {','.join(header)})")
+    return [header.index(a) for a in names]
 
 
 def _read_table(path: str | Path) -> tuple[list[str] | None, Rows, str]:
@@ -231,30 +246,43 @@ def _lps(path: str | Path, points: np.ndarray, system: str) -> np.ndarray:
     return points
 
 
-def write_markups_json(path: str | Path, points_mm: np.ndarray, labels: list[str], name: str) -> None:
+def write_markups_json(
+    path: str | Path,
+    points_mm: np.ndarray,
+    labels: list[str],
+    name: str,
+    descriptions: list[str] | None = None,
+    selected: np.ndarray | None = None,
+) -> None:
     """Write a 3D Slicer fiducial list (``.mrk.json``, markups schema v1.0.3) atomically, in LPS.
 
-    points_mm: ``(N, 3)`` or ``(N, 2)`` world mm LPS (2D points get z = 0); labels: N strings.
+    points_mm: ``(N, 3)`` or ``(N, 2)`` world mm LPS (2D points get z = 0); labels: N strings;
+    descriptions: N strings (default empty); selected: ``(N,)`` bool (default all selected).
     """
     pts = _points(points_mm, "points_mm")
-    if len(labels) != len(pts):
-        raise ValueError(f"{len(labels)} labels for {len(pts)} points")
+    descriptions = [""] * len(pts) if descriptions is None else descriptions
+    selected = np.ones(len(pts), bool) if selected is None else np.asarray(selected, bool)
+    if not len(labels) == len(descriptions) == len(selected) == len(pts):
+        raise ValueError(
+            f"{len(labels)} labels, {len(descriptions)} descriptions, {len(selected)} selected flags "
+            f"for {len(pts)} points"
+        )
     if pts.shape[1] == 2:
         pts = np.column_stack([pts, np.zeros(len(pts))])
     control_points = [
         {
             "id": str(i + 1),
             "label": str(label),
-            "description": "",
+            "description": text,
             "associatedNodeID": "",
             "position": [float(v) for v in p],
             "orientation": list(_LPS_ORIENTATION),
-            "selected": True,
+            "selected": bool(chosen),
             "locked": False,
             "visibility": True,
             "positionStatus": "defined",
         }
-        for i, (p, label) in enumerate(zip(pts, labels, strict=True))
+        for i, (p, label, text, chosen) in enumerate(zip(pts, labels, descriptions, selected, strict=True))
     ]
     markup = {
         "type": "Fiducial",
@@ -319,3 +347,101 @@ def _markup_points(path: str | Path, markup: dict) -> tuple[np.ndarray, list[str
         labels.append(label)
     pts = np.array(points, float).reshape(-1, 3) * _UNIT_MM[unit]
     return _lps(path, pts, markup.get("coordinateSystem", "LPS")), labels
+
+
+@dataclass(frozen=True, eq=False)
+class PointsTable:
+    """A points file as read: every row's cells (text, in the header's order) and its point.
+
+    columns: the header, lower case (a Slicer markups file reads as ``label, x, y, z``); rows: one
+    cell per column; axes: the columns holding ``x, y[, z]``; points_mm: ``(N, d)`` world mm, LPS.
+    """
+
+    path: Path
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    axes: tuple[int, ...]
+    points_mm: np.ndarray
+
+    @property
+    def labels(self) -> list[str]:
+        """Each row's ``label`` cell, or its number (from 1) without a label column."""
+        if "label" not in self.columns:
+            return [str(i + 1) for i in range(len(self.rows))]
+        k = self.columns.index("label")
+        return [row[k] for row in self.rows]
+
+    def points_for(self, ndim: int) -> np.ndarray:
+        """The points ``(N, ndim)`` for an ``ndim``-D image; CrossregError if they have another
+        dimension. Slicer points are 3D: for a 2D image they need z = 0 (as 2D points are written)."""
+        d = self.points_mm.shape[1]
+        if d == ndim:
+            return self.points_mm
+        if ndim == 2 and _is_markups(self.path) and not self.points_mm[:, 2].any():
+            return self.points_mm[:, :2]
+        wanted = "x,y,z columns" if ndim == 3 else "x,y columns (Slicer points: z = 0)"
+        raise CrossregError(f"{self.path}: {d}D points but the image is {ndim}D; give {wanted}")
+
+
+def _is_markups(path: str | Path) -> bool:
+    return Path(path).name.lower().endswith(".mrk.json")
+
+
+def read_points_table(path: str | Path) -> PointsTable:
+    """Read points and the rest of their rows: a CSV file whose header row names the coordinate
+    columns ``x, y[, z]`` (world mm, LPS) among any others, or a Slicer ``.mrk.json`` file (labels and
+    positions). Raises CrossregError for a missing or malformed file, naming the cause."""
+    path = Path(path)
+    if _is_markups(path):
+        points, labels = read_markups_json(path)
+        rows = tuple((label, *(repr(float(v)) for v in p)) for label, p in zip(labels, points, strict=True))
+        return PointsTable(path, ("label", *_AXES), rows, (1, 2, 3), points)
+    header, rows, system = _read_table(path)
+    if header is None:
+        raise CrossregError(f"{path}: no header row; the first row must name the columns, e.g. label,x,y,z")
+    axes = _axis_columns(path, header)
+    points = _lps(path, _numeric(path, rows, axes, list(_AXES[: len(axes)])), system)
+    cells = tuple(_row_cells(path, line, row, len(header)) for line, row in rows)
+    return PointsTable(path, tuple(header), cells, tuple(axes), points)
+
+
+def _row_cells(path: str | Path, line: int, row: list[str], width: int) -> tuple[str, ...]:
+    """The row as ``width`` cells (short rows padded with empty cells)."""
+    if any(row[width:]):
+        raise CrossregError(f"{path} line {line}: {len(row)} values but the header names {width} columns")
+    return tuple(row[:width]) + ("",) * (width - len(row))
+
+
+def write_points_table(path: str | Path, table: PointsTable, found: Located) -> None:
+    """Write ``table``'s rows with their points replaced by the ``found`` ones and :data:`RESULT_COLUMNS`
+    added (score to 3 decimals, reliable ``true``/``false``, round_trip_mm to 2), atomically: CSV, or
+    for a ``.mrk.json`` path a Slicer markups file whose control points keep their labels, carry the
+    other cells in their description and are selected only where reliable."""
+    columns, rows = _result_rows(table, found)
+    if not _is_markups(path):
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerows([columns, *rows])
+        atomic_write_text(path, buf.getvalue())
+        return
+    shown = [k for k, c in enumerate(columns) if c not in ("label", *_AXES)]
+    descriptions = [", ".join(f"{columns[k]}={row[k]}" for k in shown) for row in rows]
+    name = Path(path).name[: -len(".mrk.json")]
+    write_markups_json(path, found.points_mm, table.labels, name, descriptions, found.reliable)
+
+
+def _result_rows(table: PointsTable, found: Located) -> tuple[list[str], list[list[str]]]:
+    """Output header and rows: the table's columns (minus old result columns) with the found
+    coordinates, then :data:`RESULT_COLUMNS`."""
+    keep = [k for k, c in enumerate(table.columns) if c not in RESULT_COLUMNS]
+    points = np.zeros((len(table.rows), len(table.axes)))  # 2D points from a Slicer file keep z = 0
+    points[:, : found.points_mm.shape[1]] = found.points_mm
+    rows = []
+    for row, p, score, reliable, trip in zip(
+        table.rows, points, found.score, found.reliable, found.round_trip_mm, strict=True
+    ):
+        cells = list(row)
+        for k, v in zip(table.axes, p, strict=True):
+            cells[k] = repr(float(v))
+        rows.append([*(cells[k] for k in keep), f"{score:.3f}", str(bool(reliable)).lower(), f"{trip:.2f}"])
+    return [*(table.columns[k] for k in keep), *RESULT_COLUMNS], rows

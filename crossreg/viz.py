@@ -10,9 +10,11 @@ to the right and +y down. Only matplotlib's object API is used (no pyplot state)
 
 from __future__ import annotations
 
+import itertools
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib as mpl
 import numpy as np
@@ -27,7 +29,11 @@ from crossreg.outputs import atomic_write
 from crossreg.resample import resample
 from crossreg.transform import AffineTransform
 
+if TYPE_CHECKING:
+    from crossreg.locate import Located
+
 Matches = tuple[np.ndarray, np.ndarray, np.ndarray]  # fixed_mm (N, d), moving_mm (N, d), inlier (N,)
+Letters = tuple[str, str, str, str]  # patient directions at the left, right, top and bottom edges
 
 # (name, world direction of screen-right, world direction of screen-down), LPS.
 PLANES_3D = (
@@ -39,6 +45,7 @@ MAX_DISPLAY_PX = 400  # longest side of a displayed slice
 _TINT = np.array([1.0, 0.8, 0.5])  # moving tiles are amber, fixed tiles grey
 _INLIER, _OUTLIER = "#39ff14", "#ff3030"
 _SUMMARY_PT = 9
+_WINDOW_PX = 160  # side of a displayed window around a point
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,7 +60,7 @@ class PlaneView:
 
     name: str
     grid: Grid
-    letters: tuple[str, str, str, str]
+    letters: Letters
     fixed: np.ndarray
     before: np.ndarray
     after: np.ndarray
@@ -113,14 +120,21 @@ def fov_center(image: Image) -> np.ndarray:
     return image.grid.index_to_world(np.array(index_zyx[::-1])[None])[0]
 
 
-def _display_grids(fixed: Image, center_mm: np.ndarray) -> list[tuple[str, Grid, tuple[str, str, str, str]]]:
+def _display_grids(fixed: Image, center_mm: np.ndarray) -> list[tuple[str, Grid, Letters]]:
     corners = fixed.grid.corners_mm()
     extent = float(np.ptp(corners, axis=0).max())
-    spacing = max(min(fixed.spacing_mm), extent / MAX_DISPLAY_PX)
-    if fixed.ndim == 2:
-        return [("image", axis_aligned_grid(corners, spacing), _letters((1.0, 0.0), (0.0, 1.0)))]
+    return _plane_grids(corners, center_mm, max(min(fixed.spacing_mm), extent / MAX_DISPLAY_PX))
+
+
+def _plane_grids(
+    corners_mm: np.ndarray, center_mm: np.ndarray, spacing: float
+) -> list[tuple[str, Grid, Letters]]:
+    """The displayed planes covering ``corners_mm`` ``(K, d)`` (3D: through ``center_mm``), named, with
+    their edge letters."""
+    if corners_mm.shape[1] == 2:
+        return [("image", axis_aligned_grid(corners_mm, spacing), _letters((1.0, 0.0), (0.0, 1.0)))]
     return [
-        (name, _slice_grid(corners, center_mm, np.array(r), np.array(d), spacing), _letters(r, d))
+        (name, _slice_grid(corners_mm, center_mm, np.array(r), np.array(d), spacing), _letters(r, d))
         for name, r, d in PLANES_3D
     ]
 
@@ -143,7 +157,7 @@ def _slice_grid(
     )
 
 
-def _letters(right: tuple[float, ...], down: tuple[float, ...]) -> tuple[str, str, str, str]:
+def _letters(right: tuple[float, ...], down: tuple[float, ...]) -> Letters:
     """Patient directions (LPS letters) at the left, right, top and bottom screen edges."""
 
     def letter(v: np.ndarray) -> str:
@@ -219,11 +233,13 @@ def save_qa(
     slab_mm: float = 5.0,
     dpi: int = 100,
 ) -> None:
-    """Write :func:`qa_figure` to ``path`` atomically (format from the suffix, PNG by default).
+    """Write :func:`qa_figure` to ``path`` atomically (:func:`_save_figure`)."""
+    _save_figure(path, qa_figure(fixed, moving, transform, matches, title, center_mm, slab_mm), dpi)
 
-    The file is ``figure size x dpi`` pixels (no tight cropping, so the size is predictable).
-    """
-    fig = qa_figure(fixed, moving, transform, matches, title, center_mm, slab_mm)
+
+def _save_figure(path: str | Path, fig: Figure, dpi: int) -> None:
+    """Write ``fig`` to ``path`` atomically, ``figure size x dpi`` pixels (format from the suffix, PNG
+    by default; no tight cropping, so the size is predictable)."""
     fmt = Path(path).suffix.lstrip(".").lower() or "png"
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt, facecolor="white"))
 
@@ -260,8 +276,8 @@ def _show_board(ax: Axes, view: PlaneView, moving: np.ndarray, tile_px: int) -> 
     mask = tiles(view.fixed.shape, tile_px)[..., None]
     rgb = np.where(mask, moving[..., None] * _TINT, view.fixed[..., None])
     ax.imshow(np.clip(rgb, 0.0, 1.0), interpolation="nearest")
-    _decorate(ax, view, 0)
-    _scalebar(ax, view)
+    _decorate(ax, view.fixed.shape, view.letters, 0)
+    _scalebar(ax, view.fixed.shape, view.grid.spacing_mm[0])
 
 
 def _show_matches(
@@ -286,15 +302,16 @@ def _show_matches(
     ax.set_xlim(-0.5, 2 * w + gap - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
     for x0 in (0, w + gap):
-        _decorate(ax, view, x0)
+        _decorate(ax, view.fixed.shape, view.letters, x0)
     shown = f"{int((near & inlier).sum())} inliers, {int((near & ~inlier).sum())} outliers"
     ax.set_xlabel(shown + (f" within ±{slab_mm:g} mm" if view.grid.ndim == 3 else ""), fontsize=8)
 
 
-def _decorate(ax: Axes, view: PlaneView, x0: float) -> None:
-    """Orientation letters at the edges of the slice whose left edge is at column ``x0``; no ticks."""
-    h, w = view.fixed.shape
-    left, right, top, bottom = view.letters
+def _decorate(ax: Axes, shape: tuple[int, int], letters: Letters, x0: float) -> None:
+    """Orientation letters at the edges of the slice of ``shape`` whose left edge is at column ``x0``;
+    no ticks."""
+    h, w = shape
+    left, right, top, bottom = letters
     style = {"color": "yellow", "fontsize": 9, "fontweight": "bold"}
     ax.text(x0 + 2, h / 2, left, ha="left", va="center", **style)
     ax.text(x0 + w - 3, h / 2, right, ha="right", va="center", **style)
@@ -304,10 +321,9 @@ def _decorate(ax: Axes, view: PlaneView, x0: float) -> None:
     ax.set_yticks([])
 
 
-def _scalebar(ax: Axes, view: PlaneView) -> None:
-    """A bar of a round length in mm at the bottom left."""
-    h, w = view.fixed.shape
-    spacing = view.grid.spacing_mm[0]
+def _scalebar(ax: Axes, shape: tuple[int, int], spacing: float) -> None:
+    """A bar of a round length in mm at the bottom left of a slice of ``shape``, ``spacing`` mm pixels."""
+    h, w = shape
     width_mm = w * spacing
     length_mm = max([v for v in (1, 2, 5, 10, 20, 50, 100, 200) if v <= width_mm / 4] or [1])
     x, y = 0.04 * w, 0.95 * h
@@ -346,3 +362,101 @@ def _summary(
     lines.append(f"{view}; checkerboard tiles: grey = fixed, amber = moving")
     chars = int(width_in * 72 / (0.6 * _SUMMARY_PT))
     return "\n".join(textwrap.fill(line, chars, subsequent_indent="  ") for line in lines)
+
+
+def points_figure(
+    source: Image,
+    source_mm: np.ndarray,
+    target: Image,
+    found: Located,
+    labels: list[str],
+    title: str = "",
+    sides: tuple[str, str] = ("template", "query"),
+    max_points: int = 6,
+    half_mm: float = 40.0,
+) -> Figure:
+    """Points of ``source`` and where they were ``found`` in ``target``, at a glance: one row per
+    point (up to ``max_points``, :func:`shown_points`), the source around its point beside the target
+    around the found one (3D: axial, coronal, sagittal), windows ``half_mm`` either side of the point,
+    which is circled green when reliable and boxed red when not. ``sides`` names the two images."""
+    shown = shown_points(found.reliable, found.score, max_points)
+    images = (robust_normalize(source), robust_normalize(target))
+    ncols = 2 * (3 if source.ndim == 3 else 1)
+    panel_in = 1.7 if source.ndim == 3 else 2.6
+    fig = Figure(figsize=(ncols * panel_in + 0.8, len(shown) * panel_in + 1.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(shown), ncols, squeeze=False)
+    for row, i in zip(axes, shown, strict=True):
+        ok = bool(found.reliable[i])
+        points = (source_mm[i], found.points_mm[i])
+        panels = [
+            (side, image, point, plane)
+            for side, image, point in zip(sides, images, points, strict=True)
+            for plane in _plane_grids(_square(point, half_mm), point, 2 * half_mm / _WINDOW_PX)
+        ]
+        for ax, (side, image, point, (name, grid, letters)) in zip(row, panels, strict=True):
+            _show_point(ax, image, point, grid, letters, ok)
+            if i == shown[0]:
+                ax.set_title(side if source.ndim == 2 else f"{side} {name}", fontsize=9)
+        verdict = "reliable" if ok else "UNRELIABLE"
+        row[0].set_ylabel(
+            f"{labels[i]}\nscore {found.score[i]:.3f}\n{verdict}\nround trip {found.round_trip_mm[i]:.1f} mm",
+            fontsize=8,
+            color="black" if ok else _OUTLIER,
+        )
+    fig.suptitle(title, fontsize=11, fontweight="bold")
+    k = int(found.reliable.sum())
+    note = (
+        f"{len(found.score)} points, {k} reliable; {len(shown)} shown (unreliable first). Left: the "
+        f"{sides[0]} around each point; right: the {sides[1]} around the point found for it; windows "
+        f"{2 * half_mm:g} mm across. Green circle: reliable; red square: unreliable (the search back "
+        "did not return)."
+    )
+    chars = int(fig.get_figwidth() * 72 / (0.6 * _SUMMARY_PT))
+    fig.supxlabel(textwrap.fill(note, chars), fontsize=_SUMMARY_PT, ha="left", x=0.01)
+    return fig
+
+
+def shown_points(reliable: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
+    """Indices of up to ``k`` points to show, in their order: unreliable ones (lowest score first; at
+    least half of ``k`` where there are that many) and reliable ones spread evenly over the list."""
+    bad = np.flatnonzero(~reliable)
+    bad = bad[np.argsort(score[bad], kind="stable")]
+    good = np.flatnonzero(reliable)
+    n_bad = min(len(bad), max(k // 2, k - len(good)))
+    n_good = min(len(good), k - n_bad)
+    spread = good[np.linspace(0, len(good) - 1, n_good).round().astype(int)] if n_good else good[:0]
+    return np.sort(np.concatenate([bad[:n_bad], spread]))
+
+
+def _square(center_mm: np.ndarray, half_mm: float) -> np.ndarray:
+    """Corners ``(2**d, d)`` of the cube (square) ``half_mm`` either side of ``center_mm``."""
+    signs = np.array(list(itertools.product((-1.0, 1.0), repeat=len(center_mm))))
+    return center_mm + half_mm * signs
+
+
+def _show_point(ax: Axes, image: Image, point_mm: np.ndarray, grid: Grid, letters: Letters, ok: bool) -> None:
+    """The slice of ``image`` on ``grid`` with ``point_mm`` marked: a green circle if ``ok``, else a
+    red square."""
+    values = _sample(image, grid, None)
+    ax.imshow(values, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    u, v = grid.world_to_index(point_mm[None])[0][:2]
+    style = {"marker": "o", "edgecolors": _INLIER} if ok else {"marker": "s", "edgecolors": _OUTLIER}
+    ax.scatter([u], [v], s=220, facecolors="none", linewidths=1.5, **style)
+    _decorate(ax, values.shape, letters, 0)
+    _scalebar(ax, values.shape, grid.spacing_mm[0])
+
+
+def save_points_qa(
+    path: str | Path,
+    source: Image,
+    source_mm: np.ndarray,
+    target: Image,
+    found: Located,
+    labels: list[str],
+    title: str = "",
+    sides: tuple[str, str] = ("template", "query"),
+    dpi: int = 100,
+) -> None:
+    """Write :func:`points_figure` to ``path`` atomically (:func:`_save_figure`)."""
+    _save_figure(path, points_figure(source, source_mm, target, found, labels, title, sides), dpi)

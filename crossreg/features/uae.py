@@ -190,8 +190,8 @@ def embedding_features(config: RegisterConfig, ndim: int) -> EmbeddingFeatures:
     net, _ = load_embedding_model(config.weights, config.device)
     if net.config.ndim != ndim:
         raise CrossregError(
-            f"the embedding model is {net.config.ndim}D but the images are {ndim}D; use a model "
-            f"trained on {ndim}D images"
+            f"the embedding model is {net.config.ndim}D but the images are {ndim}D; give a model "
+            f"trained on {ndim}D images (--weights) or use --features mind"
         )
     return EmbeddingFeatures(net)
 
