@@ -355,7 +355,7 @@ CASES = (
         "wrong-architecture weights",
         "model file whose config does not fit its weights",
         wrong_architecture,
-        r"other\.pt: weights do not fit the descriptor network .* \(tensors: \d+ of another shape",
+        r"other\.pt: weights do not fit the crosskey network .* \(tensors: \d+ of another shape",
     ),
     Case(
         "2D model, 3D images",

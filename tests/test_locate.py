@@ -61,7 +61,7 @@ def test_offsets_cover_a_cube():
 
 
 def test_bad_points_and_settings_are_refused(axial):
-    with pytest.raises(CrossregError, match="outside the source image"):
+    with pytest.raises(CrossregError, match="outside the image they were placed on"):
         far = np.array([[0.0, 0.0], [900.0, 0.0]]) + axial.grid.center_mm()
         find_points(axial, far, axial, MindFeatures())
     with pytest.raises(CrossregError, match=r"points must be \(N, 2\)"):
