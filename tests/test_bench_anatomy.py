@@ -13,6 +13,7 @@ from crossreg.evaluate.anatomy import (
     PointMethod,
     Transferred,
     identity,
+    read_report,
     run_anatomy,
     run_cases,
     summarize,
@@ -106,6 +107,36 @@ def test_report_files(tmp_path):
         run_anatomy("tracking", tiny_cases(2), methods, tmp_path, protocol, {}, force=False)
 
 
+def test_resume_runs_only_what_the_report_lacks(tmp_path):
+    methods = [PointMethod("identity", identity)]
+    run_anatomy("landmarks", tiny_cases(2), methods, tmp_path, {"description": "tiny"}, {})
+    protocol, done = read_report(tmp_path / "results.json")
+    assert [r.case for r in done] == ["c0", "c1"] and done[0].errors_mm[0] == pytest.approx(3.0)
+    seeds = []
+
+    def counting(source, points, target, seed):
+        seeds.append(seed)
+        return truth(source, points, target, seed)
+
+    more = [*methods, PointMethod("truth", counting)]
+    report = run_anatomy("landmarks", tiny_cases(3), more, tmp_path, protocol, {}, done=done)
+    assert seeds == [0, 1, 2] and len(report.runs) == 6  # identity ran on the new case only
+    assert summary(report.runs, "all", "identity").n_cases == 3
+
+
+def test_a_run_cut_short_keeps_what_it_measured(tmp_path):
+    def interrupted(source, points, target, seed):
+        if seed == 1:
+            raise KeyboardInterrupt
+        return identity(source, points, target, seed)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_anatomy(
+            "landmarks", tiny_cases(2), [PointMethod("m", interrupted)], tmp_path, {"description": ""}, {}
+        )
+    assert [r.case for r in read_report(tmp_path / "results.json")[1]] == ["c0"]
+
+
 def test_ants_carries_points_from_the_source_to_the_target(t1):
     """antsApplyTransformsToPoints maps points the opposite way to images: the forward transforms of
     registration(fixed=source, moving=target) carry source points into the target."""
@@ -129,8 +160,13 @@ def test_cli_landmarks_identity(tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert saved["protocol"]["seeds"] == [9000, 9000] and saved["runs"][0]["case"] == "t1-9000"
     assert len(saved["runs"][0]["errors_mm"]) >= 30 and saved["summaries"][0]["mean_mm"] > 1.0
-    again = CliRunner().invoke(app, args)
+    again = CliRunner().invoke(app, [*args, "--seed", "9000"])
     assert again.exit_code == 2 and "exists" in again.output
+    other = CliRunner().invoke(app, [*args, "--resume"])  # the default seeds: another protocol
+    assert other.exit_code == 2 and "another protocol" in other.output
+    resumed = CliRunner().invoke(app, [*args, "--seed", "9000", "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((out / "results.json").read_text())["runs"] == saved["runs"]  # nothing left to run
     wrong = CliRunner().invoke(
         app, ["bench-anatomy", "--task", "tracking", "--contrasts", "t1", "--out", str(out)]
     )

@@ -120,6 +120,9 @@ def bench_anatomy(
     ] = None,
     device: Annotated[str, typer.Option(help="Torch device for uae and mind-nn: cpu or cuda.")] = "cpu",
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing results.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the report in --out (the same protocol): run only what it lacks.")
+    ] = False,
 ) -> None:
     """Find points of one image in another, every method side by side: template landmarks in synthetic
     subjects of the held-out regional deformations, or lesions from baseline to follow-up. Scores
@@ -131,6 +134,7 @@ def bench_anatomy(
         SEEDS,
         TASKS,
         anatomy_methods,
+        read_report,
         run_anatomy,
         task_cases,
         task_protocol,
@@ -155,29 +159,36 @@ def bench_anatomy(
     if {m.name for m in chosen} & {"affine", "syn"} and importlib.util.find_spec("ants") is None:
         raise CrossregError("affine and syn need ANTsPy: pip install 'crossreg[bench]'")
     first = SEEDS[task] if seed is None else seed
+    protocol = task_protocol(task, chosen_contrasts, n, first, chosen)
+    done = []
+    if resume and (out / "results.json").is_file():
+        saved, done = read_report(out / "results.json")
+        if saved != protocol:
+            raise CrossregError(f"--resume: {out / 'results.json'} was made with another protocol: {saved}")
     argv = sys.argv[1:]
     command = "crossreg " + shlex.join(argv) if argv[:1] == ["bench-anatomy"] else "crossreg bench-anatomy"
-    done = 0
+    count = len(done)
 
     def progress(run) -> None:
-        nonlocal done
-        done += 1
+        nonlocal count
+        count += 1
         outcome = (
             f"failed ({run.failed})"
             if run.failed
             else f"mean {sum(run.errors_mm) / len(run.errors_mm):.2f} mm"
         )
-        console.print(f"{done:4d} {run.case} {run.method}: {outcome}, {run.seconds:.1f} s", highlight=False)
+        console.print(f"{count:4d} {run.case} {run.method}: {outcome}, {run.seconds:.1f} s", highlight=False)
 
     report = run_anatomy(
         task,
         task_cases(task, chosen_contrasts, n, first),
         chosen,
         out,
-        task_protocol(task, chosen_contrasts, n, first, chosen),
+        protocol,
         machine_info(device),
         command,
         force,
         progress,
+        done,
     )
     console.print(to_markdown(report), highlight=False, markup=False)

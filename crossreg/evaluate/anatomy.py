@@ -293,17 +293,24 @@ def run_cases(
     cases: Iterable[PointCase],
     methods: Sequence[PointMethod],
     on_progress: Callable[[PointRun], None] | None = None,
+    done: Sequence[PointRun] = (),
+    on_case: Callable[[list[PointRun]], None] | None = None,
 ) -> list[PointRun]:
-    """Every method on every case (a method with a ``limit`` on the first cases of each group)."""
-    runs: list[PointRun] = []
+    """Every method on every case (a method with a ``limit`` on the first cases of each group), after
+    the runs ``done`` (their case and method are not run again); ``on_case`` gets every run so far
+    after each case."""
+    runs = list(done)
+    finished = {(r.case, r.method) for r in done}
     seen: dict[str, int] = {}
     for case in cases:
         index = seen[case.group] = seen.get(case.group, -1) + 1
         for method in methods:
-            if method.limit is None or index < method.limit:
+            if (method.limit is None or index < method.limit) and (case.name, method.name) not in finished:
                 runs.append(_run_one(method, case))
                 if on_progress is not None:
                     on_progress(runs[-1])
+        if on_case is not None:
+            on_case(runs)
     return runs
 
 
@@ -494,6 +501,17 @@ def write_report(report: AnatomyReport, out_dir: Path) -> tuple[Path, Path]:
     return paths
 
 
+def read_report(path: str | Path) -> tuple[dict, list[PointRun]]:
+    """The protocol and the runs of a results.json that :func:`write_report` wrote."""
+    saved = json.loads(Path(path).read_text())
+    runs = []
+    for r in saved["runs"]:
+        flags = {k: None if r[k] is None else tuple(r[k]) for k in ("errors_mm", "reliable", "found")}
+        times = {k: np.nan if r[k] is None else r[k] for k in ("seconds", "cpu_seconds")}
+        runs.append(PointRun(**{**r, **flags, **times}))
+    return saved["protocol"], runs
+
+
 def run_anatomy(
     task: str,
     cases: Iterable[PointCase],
@@ -504,12 +522,22 @@ def run_anatomy(
     command: str = "",
     force: bool = False,
     on_progress: Callable[[PointRun], None] | None = None,
+    done: Sequence[PointRun] = (),
 ) -> AnatomyReport:
-    """Run ``methods`` on ``cases`` and write the report of ``task`` into ``out_dir``. Raises
-    OutputExistsError before running anything if a report file exists and ``force`` is False."""
+    """Run ``methods`` on ``cases`` after the runs ``done`` (a report read back, to resume it) and
+    write the report of ``task`` into ``out_dir``, again after each case: a run cut short keeps what
+    it measured. Raises OutputExistsError before running anything if a report file exists, ``force``
+    is False and nothing is ``done``."""
     out_dir = Path(out_dir)
-    check_outputs([out_dir / name for name in REPORT_FILES], force)
-    runs = run_cases(cases, methods, on_progress)
-    report = AnatomyReport(task, tuple(runs), tuple(summarize(runs)), protocol, machine, command)
+    if not done:
+        check_outputs([out_dir / name for name in REPORT_FILES], force)
+
+    def report_of(runs: list[PointRun]) -> AnatomyReport:
+        return AnatomyReport(task, tuple(runs), tuple(summarize(runs)), protocol, machine, command)
+
+    runs = run_cases(
+        cases, methods, on_progress, done, lambda so_far: write_report(report_of(so_far), out_dir)
+    )
+    report = report_of(runs)
     write_report(report, out_dir)
     return report
