@@ -202,6 +202,18 @@ def test_synthetic_cases_reproducible_partial_anisotropic():
         assert np.allclose(c.true_transform.apply(c.landmarks_fixed_mm), c.landmarks_moving_mm)
 
 
+def test_slab_cases_are_thin_axial_t2_slabs_of_the_head():
+    cases = synthetic_cases(("slab",), 2, seed=3)
+    for c in cases:
+        assert c.kind == "slab" and "-slab-t2-" in c.name
+        axis = c.true_transform.matrix @ np.array([0.0, 0.0, 1.0])  # the fixed z axis, in the moving image
+        voxels = np.argwhere(c.moving.valid_mask())[:, ::-1].astype(float)
+        assert np.ptp(c.moving.grid.index_to_world(voxels) @ axis) < 55.0  # 15-25% of a ~150 mm head
+        assert np.ptp(c.landmarks_fixed_mm[:, 2]) < 0.5 * np.ptp(c.landmarks_fixed_mm[:, 0])
+        assert np.allclose(c.true_transform.apply(c.landmarks_fixed_mm), c.landmarks_moving_mm)
+    assert cases[0].name == synthetic_cases(("t2", "slab"), 1, seed=3)[1].name
+
+
 # ---------------------------------------------------------------- real data in folders
 
 

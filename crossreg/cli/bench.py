@@ -11,7 +11,6 @@ import typer
 
 from crossreg.cli.app import app
 from crossreg.cli.common import check_device, console, friendly_errors, parse_list
-from crossreg.cli.synth import KINDS
 from crossreg.errors import CrossregError
 
 
@@ -22,7 +21,11 @@ def bench(
         Path, typer.Option("--out", "-o", help="Folder for results.json, results.md, tre.png.")
     ] = Path("bench"),
     kinds: Annotated[
-        str, typer.Option(help="Synthetic case kinds from the shipped MNI152 T1 (comma-separated), or none.")
+        str,
+        typer.Option(
+            help="Synthetic case kinds from the shipped MNI152 T1 (comma-separated; slab: a thin T2 slab of "
+            "15-25% of the head), or none."
+        ),
     ] = "us,t2,ct,random",
     n_per_kind: Annotated[int, typer.Option(help="Synthetic cases per kind.")] = 10,
     ndim: Annotated[int, typer.Option(help="Synthetic cases in 3D or 2D (slices).")] = 3,
@@ -48,7 +51,7 @@ def bench(
 
     from crossreg.evaluate.baselines import default_methods
     from crossreg.evaluate.bench import run_bench
-    from crossreg.evaluate.cases import folder_cases, synthetic_cases
+    from crossreg.evaluate.cases import BENCH_KINDS, folder_cases, synthetic_cases
     from crossreg.evaluate.report import to_markdown
     from crossreg.outputs import check_outputs
 
@@ -65,7 +68,7 @@ def bench(
     chosen = [m for m in available if names is None or m.name in names]
     cases = [c for folder in data or [] for c in folder_cases(folder)]
     if kinds.strip().lower() != "none" and n_per_kind > 0:
-        cases += synthetic_cases(parse_list(kinds, "--kinds", KINDS), n_per_kind, seed, ndim)
+        cases += synthetic_cases(parse_list(kinds, "--kinds", BENCH_KINDS), n_per_kind, seed, ndim)
     if not cases:
         raise CrossregError("no cases: give --data folders or synthetic --kinds with --n-per-kind > 0")
     command = "crossreg " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "crossreg bench"
@@ -77,4 +80,115 @@ def bench(
             progress.update(task, completed=done, description=line[:70])
 
         report = run_bench(cases, chosen, out, device, seed, command, advance)
+    console.print(to_markdown(report), highlight=False, markup=False)
+
+
+@app.command("bench-anatomy")
+@friendly_errors
+def bench_anatomy(
+    task: Annotated[
+        str,
+        typer.Option(
+            help="landmarks: template landmarks in synthetic subjects; tracking: lesions from baseline to "
+            "follow-up."
+        ),
+    ] = "landmarks",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.json and results.md.")] = Path(
+        "bench-anatomy"
+    ),
+    n: Annotated[int, typer.Option(help="Subjects per contrast (landmarks) or pairs (tracking).")] = 20,
+    n_syn: Annotated[
+        int | None, typer.Option(help="ANTs SyN on the first N cases of each contrast only (default: all).")
+    ] = None,
+    contrasts: Annotated[
+        str | None,
+        typer.Option(
+            help="Subject contrasts (landmarks, default t1,t2,ct) or baseline,follow-up (tracking, "
+            "default t1,t2)."
+        ),
+    ] = None,
+    methods: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated methods (default: identity,uae,mind-nn,affine,syn)."),
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="Embedding model for uae (default: the shipped one).")
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="First subject seed (default: the held-out 5000 landmarks, 6000 tracking)."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="Torch device for uae and mind-nn: cpu or cuda.")] = "cpu",
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing results.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the report in --out (the same protocol): run only what it lacks.")
+    ] = False,
+) -> None:
+    """Find points of one image in another, every method side by side: template landmarks in synthetic
+    subjects of the held-out regional deformations, or lesions from baseline to follow-up. Scores
+    errors (mm) to the exact truth, the reliable share and time; writes a markdown table and JSON."""
+    import importlib.util
+
+    from crossreg.evaluate.anatomy import (
+        CONTRASTS,
+        SEEDS,
+        TASKS,
+        anatomy_methods,
+        read_report,
+        run_anatomy,
+        task_cases,
+        task_protocol,
+        to_markdown,
+    )
+    from crossreg.evaluate.report import machine_info
+    from crossreg.synth.subjects import CONTRASTS as SUBJECT_CONTRASTS
+
+    if task not in TASKS:
+        raise CrossregError(f"--task {task}: choose one of {', '.join(TASKS)}")
+    chosen_contrasts = (
+        parse_list(contrasts, "--contrasts", SUBJECT_CONTRASTS) if contrasts else CONTRASTS[task]
+    )
+    if task == "tracking" and len(chosen_contrasts) != 2:
+        raise CrossregError("--contrasts: tracking takes two, the baseline's and the follow-up's")
+    if n < 1 or (n_syn is not None and n_syn < 0):
+        raise CrossregError(f"--n {n} / --n-syn {n_syn}: expected at least 1 / 0")
+    check_device(device)
+    available = anatomy_methods(device, n_syn, None if weights is None else str(weights))
+    names = parse_list(methods, "--methods", tuple(m.name for m in available)) if methods else None
+    chosen = [m for m in available if names is None or m.name in names]
+    if {m.name for m in chosen} & {"affine", "syn"} and importlib.util.find_spec("ants") is None:
+        raise CrossregError("affine and syn need ANTsPy: pip install 'crossreg[bench]'")
+    first = SEEDS[task] if seed is None else seed
+    protocol = task_protocol(task, chosen_contrasts, n, first, chosen)
+    done = []
+    if resume and (out / "results.json").is_file():
+        saved, done = read_report(out / "results.json")
+        if saved != protocol:
+            raise CrossregError(f"--resume: {out / 'results.json'} was made with another protocol: {saved}")
+    argv = sys.argv[1:]
+    command = "crossreg " + shlex.join(argv) if argv[:1] == ["bench-anatomy"] else "crossreg bench-anatomy"
+    count = len(done)
+
+    def progress(run) -> None:
+        nonlocal count
+        count += 1
+        outcome = (
+            f"failed ({run.failed})"
+            if run.failed
+            else f"mean {sum(run.errors_mm) / len(run.errors_mm):.2f} mm"
+        )
+        console.print(f"{count:4d} {run.case} {run.method}: {outcome}, {run.seconds:.1f} s", highlight=False)
+
+    report = run_anatomy(
+        task,
+        task_cases(task, chosen_contrasts, n, first),
+        chosen,
+        out,
+        protocol,
+        machine_info(device),
+        command,
+        force,
+        progress,
+        done,
+    )
     console.print(to_markdown(report), highlight=False, markup=False)

@@ -175,7 +175,7 @@ def sitk_rigid(fixed: Image, moving: Image, seed: int, config: SitkRigidConfig |
 # ---------------------------------------------------------------- ANTsPy
 
 
-def _to_ants(array: np.ndarray, image: Image):
+def to_ants(array: np.ndarray, image: Image):
     """An ANTsImage of ``array`` (numpy order ``(z, y, x)``) on the image's grid."""
     import ants
 
@@ -212,13 +212,13 @@ def ants_rigid(fixed: Image, moving: Image, seed: int, config: AntsRigidConfig |
     with tempfile.TemporaryDirectory(prefix="crossreg-ants-") as tmp:
         try:
             out = ants.registration(
-                fixed=_to_ants(fixed.array, fixed),
-                moving=_to_ants(moving.array, moving),
+                fixed=to_ants(fixed.array, fixed),
+                moving=to_ants(moving.array, moving),
                 type_of_transform="Rigid",
                 aff_metric="mattes",
                 aff_random_sampling_rate=config.sampling_rate,
-                mask=_to_ants(fov_mask(fixed).astype(np.float32), fixed),
-                moving_mask=_to_ants(fov_mask(moving).astype(np.float32), moving),
+                mask=to_ants(fov_mask(fixed).astype(np.float32), fixed),
+                moving_mask=to_ants(fov_mask(moving).astype(np.float32), moving),
                 outprefix=str(Path(tmp) / "ants_"),
             )
         except RuntimeError as err:

@@ -28,6 +28,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
@@ -36,13 +37,30 @@ from crossreg.errors import CrossregError
 from crossreg.image import Image, crop_to_mask
 from crossreg.imageio import load
 from crossreg.markups import read_markups_json, read_matches_csv
-from crossreg.synth.cases import Case, make_case
+from crossreg.synth.cases import Case, CaseKind, make_case
 from crossreg.synth.geometry import extract_slice
 from crossreg.transform import AffineTransform, read_transform
 
 #: Landmarks further than this (in voxels) outside their image cannot have been annotated on it:
 #: usually RAS coordinates given as LPS, or fixed and moving columns swapped.
 LANDMARK_MARGIN_VOX = 2.0
+
+
+@dataclass(frozen=True)
+class FovKind:
+    """A benchmark kind made by a :func:`crossreg.synth.cases.make_case` kind with a field of view of
+    its own: a slab holding a fraction of the head drawn from ``fov_range``, across the last world axis
+    (3D: an axial slab) if ``axial``, else across a random direction."""
+
+    modality: CaseKind
+    fov_range: tuple[float, float]
+    axial: bool = False
+
+
+#: ``slab``: a thin axial T2-like MR slab (15-25% of the head) against the whole-head T1.
+FOV_KINDS: dict[str, FovKind] = {"slab": FovKind("t2", (0.15, 0.25), axial=True)}
+#: Every synthetic kind of the benchmark.
+BENCH_KINDS: tuple[str, ...] = (*get_args(CaseKind), *FOV_KINDS)
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,40 +120,45 @@ def synthetic_cases(
     """``n_per_kind`` cases per kind from the shipped MNI152 T1 (2 mm; its three middle slices in 2D).
 
     Each kind is a :func:`crossreg.synth.cases.make_case` kind (``t2``, ``ct``, ``random``, ``same``,
-    and any kind added there). Every case rotates by exactly ``angle_deg`` and shifts by exactly
-    ``translation_mm``; its moving image keeps a random slab with a fraction of the signal drawn from
-    ``fov_range`` (ultrasound: the probe's cone instead) and has one random axis coarsened by a factor
-    drawn from ``[1, max_anisotropy]``.
+    and any kind added there) or one of :data:`FOV_KINDS`. Every case rotates by exactly ``angle_deg``
+    and shifts by exactly ``translation_mm``; its moving image keeps a random slab with a fraction of
+    the signal drawn from ``fov_range`` (:data:`FOV_KINDS`: their own slabs; ultrasound: the probe's
+    cone instead) and has one random axis coarsened by a factor drawn from
+    ``[1, max_anisotropy]``.
     Case ``i`` of a kind depends only on ``(seed, kind, ndim, i)``: adding kinds changes no other case.
     """
     sources = _sources(ndim)
     cases = []
     for kind in kinds:
+        special = FOV_KINDS.get(kind, FovKind(kind, fov_range))
+        normal = np.eye(ndim)[-1] if special.axial else None
         for i in range(n_per_kind):
             entropy = [seed, zlib.crc32(kind.encode()), ndim, i]
             rng = np.random.default_rng(np.random.SeedSequence(entropy))
             image, tissues = sources[i % len(sources)]
-            fov = round(float(rng.uniform(*fov_range)), 2)
+            fov = round(float(rng.uniform(*special.fov_range)), 2)
             spacing = np.array(image.spacing_mm)
             spacing[rng.integers(ndim)] *= rng.uniform(1.0, max_anisotropy)
             case = make_case(
                 image,
-                kind,
+                special.modality,
                 angle_deg,
                 translation_mm,
                 fov_fraction=fov if kind != "us" else 1.0,  # the probe's cone is an ultrasound's FOV
                 moving_spacing_mm=tuple(float(s) for s in np.round(spacing, 2)),
                 tissues=tissues,
                 seed=int(rng.integers(2**31)),
+                slab_normal=normal,
             )
-            cases.append(_from_synthetic(case, f"{ndim}d-{i:02d}-{case.name}"))
+            label = case.name if kind == special.modality else f"{kind}-{case.name}"
+            cases.append(_from_synthetic(case, f"{ndim}d-{i:02d}-{label}", kind))
     return cases
 
 
-def _from_synthetic(case: Case, name: str) -> BenchCase:
+def _from_synthetic(case: Case, name: str, kind: str) -> BenchCase:
     moving = crop_to_mask(case.moving)
     pf, pm = case.landmarks_fixed_mm, case.landmarks_moving_mm
-    return BenchCase(name, case.kind, case.fixed, moving, case.true_transform, pf, pm)
+    return BenchCase(name, kind, case.fixed, moving, case.true_transform, pf, pm)
 
 
 # ---------------------------------------------------------------- real cases from folders

@@ -61,20 +61,20 @@ def write_report(report: BenchReport, out_dir: Path) -> BenchReport:
     return replace(report, files=paths)
 
 
-def _clean(value):
+def json_safe(value):
     """JSON-safe: NaN and infinities become null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
 def to_json(report: BenchReport) -> dict:
     """The whole report as plain JSON data (NaN as null)."""
-    return _clean(
+    return json_safe(
         {
             "command": report.command,
             "machine": report.machine,
@@ -90,14 +90,14 @@ def to_json(report: BenchReport) -> dict:
     )
 
 
-def _mm(value: float) -> str:
+def format_mm(value: float) -> str:
     return "–" if not math.isfinite(value) else f"{value:.2f}"
 
 
 def _row(s: KindSummary) -> str:
     precision = "–" if s.precision is None else f"{100 * s.precision:.0f}%"
     return (
-        f"| {s.method} | {_mm(s.mean_mm)} | {_mm(s.median_mm)} | {_mm(s.p90_mm)} | "
+        f"| {s.method} | {format_mm(s.mean_mm)} | {format_mm(s.median_mm)} | {format_mm(s.p90_mm)} | "
         f"{100 * s.success_rate:.0f}% | {precision} | {s.median_seconds:.1f} | {s.n_failed} |"
     )
 
@@ -119,7 +119,7 @@ def to_markdown(report: BenchReport) -> str:
         rows = [s for s in report.summaries if s.kind == kind]
         lines += [
             "",
-            f"## {kind}: {rows[0].n_cases} cases, initial TRE {_mm(rows[0].initial_mean_mm)} mm",
+            f"## {kind}: {rows[0].n_cases} cases, initial TRE {format_mm(rows[0].initial_mean_mm)} mm",
             "",
             "| method | mean TRE | median | p90 | success | precision | median s | failed |",
             "|---|---:|---:|---:|---:|---:|---:|---:|",

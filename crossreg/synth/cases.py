@@ -75,12 +75,14 @@ def make_case(
     corruption: CorruptionConfig | None = DEFAULT_CORRUPTION,
     n_landmarks: int = 20,
     seed: int = 0,
+    slab_normal: np.ndarray | None = None,
 ) -> Case:
     """A case: ``image`` as fixed, its ``kind`` modality moved by a random rigid transform as moving.
 
     The rotation is exactly ``angle_deg`` (random axis, about the fixed grid centre) and the centre
     moves exactly ``translation_mm``. ``fov_fraction`` < 1 keeps a random slab holding that fraction
-    of the signal in the moving image; ``moving_spacing_mm`` (ITK order, e.g. ``(1.5, 1.5, 3)``)
+    of the signal in the moving image, across ``slab_normal`` (a world direction; random if None);
+    ``moving_spacing_mm`` (ITK order, e.g. ``(1.5, 1.5, 3)``)
     re-grids it anisotropically; ``corruption`` (None for none) adds blur, bias field and noise (for CT:
     no bias, Gaussian noise at a sixth of the MR level; for ultrasound: none, the simulation has its
     own speckle, noise and gain). Landmarks lie inside the fixed signal and the moving field of view.
@@ -95,7 +97,7 @@ def make_case(
         modality = corrupt(modality, corruption, seeds[1])
     region = fov_mask(image) & modality.valid_mask() if kind == "us" else fov_mask(image)
     if fov_fraction < 1.0:
-        slab = random_slab(image, fov_fraction, seeds[2])
+        slab = random_slab(image, fov_fraction, seeds[2], slab_normal)
         modality = apply_slab(modality, slab)
         region &= slab.mask(image.grid)
     truth = random_rigid(image.ndim, angle_deg, translation_mm, image.grid.center_mm(), seeds[3])
