@@ -7,12 +7,13 @@ import pytest
 from typer.testing import CliRunner
 
 from crossreg.cli import app
-from crossreg.errors import OutputExistsError
+from crossreg.errors import CrossregError, OutputExistsError
 from crossreg.evaluate.anatomy import (
     PointCase,
     PointMethod,
     Transferred,
     identity,
+    merge_reports,
     read_report,
     run_anatomy,
     run_cases,
@@ -122,6 +123,63 @@ def test_resume_runs_only_what_the_report_lacks(tmp_path):
     report = run_anatomy("landmarks", tiny_cases(3), more, tmp_path, protocol, {}, done=done)
     assert seeds == [0, 1, 2] and len(report.runs) == 6  # identity ran on the new case only
     assert summary(report.runs, "all", "identity").n_cases == 3
+
+
+def _protocol(cases: str = "tiny", limits: dict | None = None) -> dict:
+    limits = limits or {}
+    keys = {"task": "landmarks", "contrasts": ["t1"], "families": ["regional"], "seeds": [0, 1]}
+    return {**keys, "cases": cases, "limits": limits, "description": cases}
+
+
+def test_merge_joins_methods_run_on_two_machines(tmp_path):
+    gpu, cpu = tmp_path / "gpu", tmp_path / "cpu"
+    run_anatomy(
+        "landmarks",
+        tiny_cases(3),
+        [PointMethod("truth", truth)],
+        gpu,
+        _protocol(),
+        {"cpu": "big", "device": "cuda", "date": "d1"},
+    )
+    slow = [PointMethod("identity", identity, 1)]
+    run_anatomy(
+        "landmarks",
+        tiny_cases(3),
+        slow,
+        cpu,
+        _protocol(limits={"identity": 1}),
+        {"cpu": "small", "device": "cpu", "date": "d2"},
+    )
+    merged = merge_reports([gpu / "results.json", cpu / "results.json"])
+    assert sorted((r.case, r.method) for r in merged.runs) == [
+        ("c0", "identity"),
+        ("c0", "truth"),
+        ("c1", "identity"),
+        ("c1", "truth"),
+        ("c2", "truth"),
+    ]  # identity on the first case of each group (c0 in a, c1 in b) only
+    assert summary(merged.runs, "all", "identity").mean_mm == pytest.approx(3.0)
+    assert merged.machine["cpu"] == "truth: big; identity: small"
+    assert merged.protocol["description"] == "tiny; identity on the first 1 cases of each group only"
+    with pytest.raises(CrossregError, match="already in an earlier report"):
+        merge_reports([gpu / "results.json", gpu / "results.json"])
+    other = tmp_path / "other"
+    run_anatomy(
+        "landmarks",
+        tiny_cases(2),
+        slow,
+        other,
+        _protocol("other cases"),
+        {"cpu": "", "device": "", "date": ""},
+    )
+    with pytest.raises(CrossregError, match="other cases"):
+        merge_reports([gpu / "results.json", other / "results.json"])
+    out = tmp_path / "merged"
+    argv = ["bench-anatomy", "--merge", f"{gpu / 'results.json'},{cpu / 'results.json'}", "--out", str(out)]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    assert len(read_report(out / "results.json")[1]) == 5
+    assert CliRunner().invoke(app, argv).exit_code != 0  # no overwrite without --force
 
 
 def test_a_run_cut_short_keeps_what_it_measured(tmp_path):

@@ -100,6 +100,10 @@ def bench_anatomy(
     n_syn: Annotated[
         int | None, typer.Option(help="ANTs SyN on the first N cases of each contrast only (default: all).")
     ] = None,
+    n_mind: Annotated[
+        int | None,
+        typer.Option(help="mind-nn on the first N cases of each contrast only (default: all)."),
+    ] = None,
     contrasts: Annotated[
         str | None,
         typer.Option(
@@ -123,6 +127,13 @@ def bench_anatomy(
     resume: Annotated[
         bool, typer.Option(help="Continue the report in --out (the same protocol): run only what it lacks.")
     ] = False,
+    merge: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated results.json of the same cases, methods run apart (e.g. on a GPU and a CPU "
+            "machine): write them as one report in --out and run nothing."
+        ),
+    ] = None,
 ) -> None:
     """Find points of one image in another, every method side by side: template landmarks in synthetic
     subjects of the held-out regional deformations, or lesions from baseline to follow-up. Scores
@@ -131,17 +142,31 @@ def bench_anatomy(
 
     from crossreg.evaluate.anatomy import (
         CONTRASTS,
+        REPORT_FILES,
         SEEDS,
         TASKS,
         anatomy_methods,
+        merge_reports,
         read_report,
         run_anatomy,
         task_cases,
         task_protocol,
         to_markdown,
+        write_report,
     )
     from crossreg.evaluate.report import machine_info
+    from crossreg.outputs import check_outputs
     from crossreg.synth.subjects import CONTRASTS as SUBJECT_CONTRASTS
+
+    if merge:
+        paths = [Path(p) for p in merge.split(",") if p]
+        if missing := [str(p) for p in paths if not p.is_file()]:
+            raise CrossregError(f"--merge: no such report: {', '.join(missing)}")
+        check_outputs([out / name for name in REPORT_FILES], force)
+        merged = merge_reports(paths)
+        write_report(merged, out)
+        console.print(to_markdown(merged), highlight=False, markup=False)
+        return
 
     if task not in TASKS:
         raise CrossregError(f"--task {task}: choose one of {', '.join(TASKS)}")
@@ -150,10 +175,10 @@ def bench_anatomy(
     )
     if task == "tracking" and len(chosen_contrasts) != 2:
         raise CrossregError("--contrasts: tracking takes two, the baseline's and the follow-up's")
-    if n < 1 or (n_syn is not None and n_syn < 0):
-        raise CrossregError(f"--n {n} / --n-syn {n_syn}: expected at least 1 / 0")
+    if n < 1 or min(n_syn or 0, n_mind or 0) < 0:
+        raise CrossregError(f"--n {n} / --n-syn {n_syn} / --n-mind {n_mind}: expected at least 1 / 0 / 0")
     check_device(device)
-    available = anatomy_methods(device, n_syn, None if weights is None else str(weights))
+    available = anatomy_methods(device, n_syn, None if weights is None else str(weights), n_mind)
     names = parse_list(methods, "--methods", tuple(m.name for m in available)) if methods else None
     chosen = [m for m in available if names is None or m.name in names]
     if {m.name for m in chosen} & {"affine", "syn"} and importlib.util.find_spec("ants") is None:
