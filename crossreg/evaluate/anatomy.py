@@ -8,9 +8,9 @@ find in a target image, with the exact truth.
   each contrast (:func:`crossreg.synth.subjects.make_subject`); truth ``subject.to_subject(points)``.
   Subject seed ``s`` gives the same anatomy in every contrast.
 - ``tracking``: the lesion centres of a baseline scan in its follow-up
-  (:func:`crossreg.synth.lesions.make_longitudinal`: lesions grow or shrink and push tissue, the head
-  moves, the follow-up has another contrast); truth the exact tracks. A lesion is found when the
-  error is at most its follow-up radius.
+  (:func:`crossreg.synth.lesions.make_longitudinal`: lesions grow or shrink off-centre and push
+  tissue, the brain changes non-rigidly, the head moves, the follow-up has another contrast); truth
+  the exact tracks. A lesion is found when the error is at most its follow-up radius.
 
 Methods (:class:`PointMethod`) carry source points into the target: ``identity`` (no registration,
 the floor), ``uae`` and ``mind-nn`` (:func:`crossreg.locate.locate` with the universal anatomical
