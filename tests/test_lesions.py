@@ -9,6 +9,7 @@ import torch
 from crossreg import datasets as data
 from crossreg.errors import InvalidConfigError
 from crossreg.resample import sample_world
+from crossreg.synth.diffeo import SmoothFieldConfig, affine_points
 from crossreg.synth.labels import CLASSES, head_labels
 from crossreg.synth.lesions import (
     LESION_CLASSES,
@@ -36,6 +37,17 @@ def labels(template):
 def longi(template, labels):
     """A T1 baseline and a T2 follow-up, 6 lesions (seed 1: two grow by 1.5x, one shrinks to 0.54x)."""
     return make_longitudinal(template, labels, SubjectConfig(contrast="t1"), FollowupConfig(contrast="t2"), 1)
+
+
+@pytest.fixture(scope="module")
+def radial(template, labels):
+    """The same pair with concentric growth and no longitudinal change: only pushes and the motion."""
+    config = FollowupConfig(
+        contrast="t2",
+        lesions=LesionConfig(shift_mm=(0.0, 0.0)),
+        change=SmoothFieldConfig(max_displacement_mm=(0.0, 0.0)),
+    )
+    return make_longitudinal(template, labels, SubjectConfig(contrast="t1"), config, 1)
 
 
 def at(image, points_mm):
@@ -153,6 +165,17 @@ def test_followup_shows_the_baseline_tissue_at_mapped_points(longi):
     assert np.corrcoef(predicted, unmapped)[0, 1] < np.corrcoef(predicted, shown)[0, 1] - 0.2
 
 
+def test_shift_moves_the_lesion_whole_and_fades():
+    effect = mass_effect(np.zeros((1, 3)), [5.0], [8.0], [12.0], [[3.0, 0.0, 0.0]], [10.0])
+    u = torch.from_numpy(directions(100))
+    inside = 5.0 * u  # the baseline boundary: pushed to 8 mm, then moved with the lesion
+    torch.testing.assert_close(
+        effect.apply(inside), 8.0 * u + torch.tensor([3.0, 0.0, 0.0], dtype=torch.float64)
+    )
+    far = 30.0 * u  # beyond both reaches (17 and 18 mm): nothing moves
+    assert (effect.apply(far) - far).abs().max() == 0.0
+
+
 def test_mass_effect_pushes_by_the_radius_change_and_fades():
     effect = mass_effect(np.zeros((1, 3)), [5.0], [8.0], [12.0])  # grows 5 -> 8 mm, push fades over 12 mm
     u = torch.from_numpy(directions(100))
@@ -180,36 +203,46 @@ def test_mass_effect_pushes_by_the_radius_change_and_fades():
     )
 
 
-def test_mass_effect_in_a_longitudinal_pair(longi):
+def test_mass_effect_in_a_longitudinal_pair(radial):
     def before(q):  # follow-up points back before the motion: the pushed baseline
-        return longi.motion.inverse().apply(q)
+        return radial.motion.inverse().apply(q)
 
-    for les in longi.lesions:
+    for les in radial.lesions:
         if les.followup_radius_mm / les.radius_mm < 1.4:
             continue
         boundary = les.centre_mm + (les.radius_mm + 1e-6) * directions(50)
         centre_after = before(les.followup_centre_mm[None])[0]
-        pushed = np.linalg.norm(before(longi.baseline_to_followup(boundary)) - centre_after, axis=1)
+        pushed = np.linalg.norm(before(radial.baseline_to_followup(boundary)) - centre_after, axis=1)
         change = les.followup_radius_mm - les.radius_mm
         assert abs(np.median(pushed) - les.radius_mm - change) < 0.05 * change, (les.label, pushed, change)
     # Tissue further than 4 radii from every lesion stays where the motion alone puts it.
-    p = head_points(longi.baseline, longi.baseline_tissues, 5000)
-    distance = np.stack([np.linalg.norm(p - les.centre_mm, axis=1) / les.radius_mm for les in longi.lesions])
+    p = head_points(radial.baseline, radial.baseline_tissues, 5000)
+    distance = np.stack([np.linalg.norm(p - les.centre_mm, axis=1) / les.radius_mm for les in radial.lesions])
     far, close = p[distance.min(axis=0) > 4.0], p[distance.min(axis=0) < 1.5]
-    assert len(far) > 1000 and np.abs(before(longi.baseline_to_followup(far)) - far).max() < 0.3
-    assert np.abs(before(longi.baseline_to_followup(close)) - close).max() > 2.0
+    assert len(far) > 1000 and np.abs(before(radial.baseline_to_followup(far)) - far).max() < 0.3
+    assert np.abs(before(radial.baseline_to_followup(close)) - close).max() > 2.0
 
 
 @pytest.mark.parametrize(
-    ("radii", "grown", "reach"),
+    ("radii", "grown", "reach", "shifts", "shift_reach"),
     [
-        ([5.0, 4.0], [15.0, 2.0], [20.0, 4.0]),  # 3x growth at the shortest allowed reach, 2 (3 - 1) radii
-        ([6.0, 8.0, 3.0], [10.0, 12.0, 1.0], [12.0, 16.0, 1.5]),  # reaches overlapping each other
+        # 3x growth at the shortest allowed reach, 2 (3 - 1) radii
+        ([5.0, 4.0], [15.0, 2.0], [20.0, 4.0], None, None),
+        # reaches overlapping each other
+        ([6.0, 8.0, 3.0], [10.0, 12.0, 1.0], [12.0, 16.0, 1.5], None, None),
+        # shifted too, each near the folding limit (1.5 |shift| / shift reach 0.9-0.99), overlapping
+        (
+            [6.0, 8.0, 3.0],
+            [10.0, 6.0, 4.0],
+            [12.0, 16.0, 4.0],
+            [[6, 0, 0], [0, -4, 3], [2, 2, -1]],
+            [10, 8, 4.6],
+        ),
     ],
 )
-def test_mass_effect_never_folds(radii, grown, reach):
+def test_mass_effect_never_folds(radii, grown, reach, shifts, shift_reach):
     centres = np.array([[0.0, 0.0, 0.0], [18.0, 6.0, 0.0], [-6.0, 16.0, 5.0]])[: len(radii)]
-    effect = mass_effect(centres, radii, grown, reach)
+    effect = mass_effect(centres, radii, grown, reach, shifts, shift_reach)
     axes = [torch.arange(-30.0, 50.0, 0.8, dtype=torch.float64)] * 3
     points = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (x, y, z) index order
     jac = torch.stack(torch.gradient(effect.apply(points), spacing=0.8, dim=(0, 1, 2)), dim=-1)
@@ -221,6 +254,8 @@ def test_mass_effect_never_folds(radii, grown, reach):
 def test_folding_configs_are_refused():
     with pytest.raises(InvalidConfigError, match="fold"):
         LesionConfig(growth=(0.5, 2.5), reach=(2.0, 3.0))
+    with pytest.raises(InvalidConfigError, match="fold"):
+        LesionConfig(shift_mm=(1.0, 8.0), shift_reach_mm=(12.0, 20.0))
     with pytest.raises(InvalidConfigError):
         LesionConfig(count=(4, 2))
     with pytest.raises(InvalidConfigError):
@@ -236,6 +271,96 @@ def test_same_seed_same_pair(template, labels, longi):
     for a, b in zip(again.lesions, longi.lesions, strict=True):
         np.testing.assert_array_equal(a.followup_centre_mm, b.followup_centre_mm)
         assert a.radius_mm == b.radius_mm and a.followup_radius_mm == b.followup_radius_mm
+
+
+# make_longitudinal(t1, labels, SubjectConfig(contrast="t1"), FollowupConfig(contrast="t2"), seed=1) before
+# eccentric growth and the longitudinal change: the `radial` fixture must reproduce it.
+RADIAL_TRACKS = [
+    [6.483858714375591, 53.82324871642072, -22.689695224338358],
+    [18.74134249329436, 20.814865470144184, -5.248344162093357],
+    [12.572939963569238, -59.22985016523484, -2.641754612012826],
+    [34.08160310048393, 39.61620640416603, 16.343708849283114],
+    [4.690386155620573, 16.23660327117389, 67.97467230973922],
+    [46.7573454081559, 4.431905394044209, -12.368388531643266],
+]
+
+
+def test_no_shift_and_no_change_give_the_radial_follow_up(radial):
+    assert radial.change is None and radial.mass_effect.shifts_mm.abs().max() == 0
+    tracks = [les.followup_centre_mm for les in radial.lesions]
+    np.testing.assert_allclose(tracks, RADIAL_TRACKS, rtol=0, atol=1e-9)
+    image = radial.followup.array.astype(np.float64)
+    np.testing.assert_allclose([image.sum(), (image**2).sum()], [139620.70410211937, 41299.01364705847], 1e-7)
+    p = near_lesions(radial, 200, reach_radii=6.0)
+    np.testing.assert_array_equal(
+        radial.baseline_to_followup(p),
+        affine_points(radial.mass_effect.apply(torch.from_numpy(p)), radial.motion).numpy(),
+    )
+
+
+def affine_miss(longi, points):
+    """Error ``(K,)`` at the lesion centres of the best affine map of ``points`` to their follow-up places."""
+    fit = np.linalg.lstsq(
+        np.c_[points, np.ones(len(points))], longi.baseline_to_followup(points), rcond=None
+    )[0]
+    centres = np.array([les.centre_mm for les in longi.lesions])
+    truth = np.array([les.followup_centre_mm for les in longi.lesions])
+    return np.linalg.norm(np.c_[centres, np.ones(len(centres))] @ fit - truth, axis=1)
+
+
+def test_lesions_move_off_the_affine_map(longi, radial):
+    p = head_points(longi.baseline, longi.baseline_tissues, 20000)
+    assert affine_miss(radial, p).mean() < 0.2  # pushes alone: affine transfer is nearly exact
+    assert affine_miss(longi, p).mean() > 2.0, affine_miss(longi, p)
+    shifts = longi.mass_effect.shifts_mm.norm(dim=1).numpy()
+    assert np.all((shifts >= 1.5) & (shifts <= 5.0))
+    assert longi.change is not None and 3.0 <= longi.change.forward_mm.norm(dim=0).max() <= 6.0 + 1e-4
+
+
+def test_followup_lesions_sit_at_their_tracks(longi):
+    """The centroid of each lesion's core and rim in the follow-up's class maps is its track."""
+    tissues = longi.followup_tissues
+    grid = tissues["lesion"].grid
+    index = np.argwhere(np.ones(grid.shape, bool))
+    points = grid.index_to_world(index[:, ::-1].astype(float))
+    weight = (tissues["lesion"].array + tissues["rim"].array).reshape(-1).astype(np.float64)
+    for les in longi.lesions:
+        near = np.linalg.norm(points - les.followup_centre_mm, axis=1) < 1.5 * les.followup_radius_mm
+        centroid = (weight[near, None] * points[near]).sum(axis=0) / weight[near].sum()
+        assert np.linalg.norm(centroid - les.followup_centre_mm) < 0.5, (les.label, centroid)
+
+
+def test_whole_chain_never_folds(longi):
+    """det of the Jacobian of baseline_to_followup on 1.5 mm grids about every lesion, out to where its
+    push and shift end, and on a 3 mm grid over the head."""
+    effect = longi.mass_effect
+    for k, les in enumerate(longi.lesions):
+        extent = float(
+            max(effect.radii_mm[k] + effect.reach_mm[k], effect.grown_mm[k] + effect.shift_reach_mm[k])
+        )
+        axes = [torch.arange(-extent - 3, extent + 3, 1.5, dtype=torch.float64)] * 3
+        box = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1) + torch.from_numpy(les.centre_mm)
+        det = jacobian_det(longi, box, 1.5)
+        assert det.min() > 0.05, (les.label, det.min())
+    lo, hi = longi.baseline.grid.corners_mm().min(axis=0), longi.baseline.grid.corners_mm().max(axis=0)
+    axes = [torch.arange(a, b, 3.0, dtype=torch.float64) for a, b in zip(lo, hi, strict=True)]
+    assert jacobian_det(longi, torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1), 3.0).min() > 0.05
+
+
+def jacobian_det(longi, points, spacing):
+    """det of the Jacobian of ``baseline_to_followup`` by central differences on a grid ``(X, Y, Z, 3)``."""
+    mapped = longi.baseline_to_followup(points.reshape(-1, 3)).reshape(points.shape)
+    jac = torch.stack(torch.gradient(mapped, spacing=spacing, dim=(0, 1, 2)), dim=-1)
+    return torch.linalg.det(jac)
+
+
+def test_round_trip_through_the_whole_chain(longi):
+    rng = np.random.default_rng(5)
+    lo, hi = longi.baseline.grid.corners_mm().min(axis=0), longi.baseline.grid.corners_mm().max(axis=0)
+    p = np.concatenate([rng.uniform(lo, hi, (5000, 3)), near_lesions(longi, 500, reach_radii=8.0, seed=3)])
+    assert np.abs(longi.followup_to_baseline(longi.baseline_to_followup(p)) - p).max() < 1e-4
+    q = longi.baseline_to_followup(p)
+    assert np.abs(longi.baseline_to_followup(longi.followup_to_baseline(q)) - q).max() < 1e-4
 
 
 def read_lesions(path):

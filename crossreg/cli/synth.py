@@ -146,9 +146,9 @@ def longitudinal(
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing outputs.")] = False,
 ) -> None:
     """Write baseline.nii.gz (a synthetic subject of the shipped MNI152 with 3-6 lesions), followup.nii.gz
-    (the same head later: each lesion grown or shrunk, the tissue around it pushed, the head moved, a new
-    look), lesions_baseline.csv and lesions_followup.csv (x,y,z,radius,label in LPS mm; the follow-up
-    file is the truth): a case for lesion tracking."""
+    (the same head later: each lesion grown or shrunk off-centre, the tissue around it pushed, the brain
+    changed a little, the head moved, a new look), lesions_baseline.csv and lesions_followup.csv
+    (x,y,z,radius,label in LPS mm; the follow-up file is the truth): a case for lesion tracking."""
     from crossreg import datasets
     from crossreg.outputs import check_outputs
     from crossreg.synth.lesions import (

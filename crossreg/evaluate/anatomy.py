@@ -11,9 +11,9 @@ find in a target image, with the exact truth.
   leaves only 1.4 mm at the landmarks, far less than between two real brains (affine transfer from
   the template leaves about 3.3 mm mean, 4.7 mm p90); at 8-12 mm it leaves 2.7 mm mean, 4.5 mm p90.
 - ``tracking``: the lesion centres of a baseline scan in its follow-up
-  (:func:`crossreg.synth.lesions.make_longitudinal`: lesions grow or shrink and push tissue, the head
-  moves, the follow-up has another contrast); truth the exact tracks. A lesion is found when the
-  error is at most its follow-up radius.
+  (:func:`crossreg.synth.lesions.make_longitudinal`: lesions grow or shrink off-centre and push
+  tissue, the brain changes non-rigidly, the head moves, the follow-up has another contrast); truth
+  the exact tracks. A lesion is found when the error is at most its follow-up radius.
 
 Methods (:class:`PointMethod`) carry source points into the target: ``identity`` (no registration,
 the floor), ``uae`` and ``mind-nn`` (:func:`crossreg.locate.locate` with the universal anatomical
