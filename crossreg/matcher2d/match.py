@@ -167,13 +167,13 @@ def _inside(points_px: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return ((points_px >= 0) & (points_px <= limit)).all(-1)
 
 
-def load_matcher(path: str | Path | None = None, device: str = "cpu") -> MatcherNet:
-    """The matcher network in ``path`` (None: the shipped model), in eval mode on ``device``."""
+def load_matcher(path: str | Path | None = None, device: str = "cpu") -> tuple[MatcherNet, dict]:
+    """The matcher network in ``path`` (None: the shipped model), in eval mode on ``device``, and its
+    meta. Raises ModelLoadError for a missing, corrupt or foreign file."""
     if path is None and not shipped_weights(SHIPPED).is_file():
         raise ModelLoadError(
             f"no {KIND} model is shipped with this installation ({SHIPPED}): train one with "
             "`crossreg train matcher --out matcher2d.pt` and pass it with --weights"
         )
     file = Path(path) if path is not None else shipped_weights(SHIPPED)
-    net, _ = load_weights(file, KIND, MatcherNetConfig, MatcherNet, device)
-    return net
+    return load_weights(file, KIND, MatcherNetConfig, MatcherNet, device)

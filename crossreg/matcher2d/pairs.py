@@ -89,6 +89,21 @@ def sample(images: torch.Tensor, points_px: torch.Tensor, mode: str = "bilinear"
     return out.reshape(*images.shape[:2], *points_px.shape[1:-1])
 
 
+def read_at(maps: torch.Tensor, batch: torch.Tensor, points_px: torch.Tensor) -> torch.Tensor:
+    """``(M, C)``: per-pixel maps ``(B, H, W, C)`` read bilinearly at pixel points ``(M, 2)`` of image
+    ``batch`` ``(M,)`` (points clamped to the image)."""
+    h, w = maps.shape[1:3]
+    limit = torch.tensor([w - 1, h - 1], device=points_px.device)
+    point = torch.minimum(points_px.clamp(min=0), limit)
+    low = torch.minimum(point.floor().long(), limit - 1)
+    frac = point - low
+    out = 0
+    for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        weight = (frac[:, 0] if dx else 1 - frac[:, 0]) * (frac[:, 1] if dy else 1 - frac[:, 1])
+        out = out + weight[:, None] * maps[batch, low[:, 1] + dy, low[:, 0] + dx]
+    return out
+
+
 def homographies(b: int, size: tuple[int, int], config: PairConfig, gen: torch.Generator) -> torch.Tensor:
     """``(b, 3, 3)`` maps from image0 pixels to image1 pixels: a similarity about the centre (rotation,
     scale, shift) with each corner then displaced at random (perspective)."""
