@@ -13,14 +13,15 @@ from crossreg.image import from_array
 from crossreg.imageio import save
 from crossreg.matcher2d.match import (
     KIND,
+    Matcher2dConfig,
     cell_centres,
+    coarse_matches,
     dual_softmax,
     load_matcher,
     match_images,
-    mutual_matches,
     refine,
 )
-from crossreg.matcher2d.net import MatcherNet
+from crossreg.matcher2d.net import MatcherNet, structure_input
 
 runner = CliRunner()
 
@@ -28,25 +29,53 @@ runner = CliRunner()
 def test_network_is_small_and_gives_maps_of_the_documented_shapes():
     net = MatcherNet()
     assert sum(p.numel() for p in net.parameters()) <= 3_000_000
-    x0, x1 = torch.rand(2, 4, 64, 96), torch.rand(2, 4, 48, 64)
-    f0, f1, fine0, fine1 = net(
-        x0, x1, torch.ones(2, 8 * 12, dtype=torch.bool), torch.ones(2, 6 * 8, dtype=torch.bool)
-    )
-    assert f0.shape == (2, 96, 128) and f1.shape == (2, 48, 128)
-    assert fine0.shape == (2, 48, 16, 24) and fine1.shape == (2, 48, 12, 16)
+    # inputs at half resolution of 64 x 96 and 48 x 64 images; a 6 x 8 coarse grid is padded for attention
+    x0, x1 = torch.rand(2, 4, 32, 48), torch.rand(2, 4, 24, 32)
+    mask1 = torch.ones(2, 6 * 8, dtype=torch.bool)
+    mask1[1] = False  # a pair with no valid key still gives finite features
+    f0, f1, fine0, fine1 = net(x0, x1, torch.ones(2, 8 * 12, dtype=torch.bool), mask1)
+    assert f0.shape == (2, 96, 96) and f1.shape == (2, 48, 96)
+    assert fine0.shape == (2, 32, 16, 24) and fine1.shape == (2, 32, 12, 16)
+    assert bool(torch.isfinite(f0).all()) and bool(torch.isfinite(f1).all())
 
 
-def test_dual_softmax_mutual_matches_recover_a_permutation_and_respect_masks():
+def test_structure_input_sees_edges_not_their_polarity():
+    gen = torch.Generator().manual_seed(3)
+    image = torch.rand(1, 1, 32, 48, generator=gen)
+    mask = torch.ones_like(image, dtype=torch.bool)
+    mask[..., :, :8] = False
+    x, inverted = structure_input(image, mask), structure_input(1 - image, mask)
+    assert x.shape == (1, 4, 16, 24)
+    torch.testing.assert_close(inverted[:, 0], -x[:, 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(inverted[:, 1:], x[:, 1:], atol=1e-5, rtol=0)
+    assert float(x[..., :4].abs().max()) == 0 and float(x[:, 1].abs().max()) > 0
+
+
+def test_coarse_matches_recover_a_permutation_and_respect_masks():
     gen = torch.Generator().manual_seed(0)
-    f0 = torch.nn.functional.layer_norm(torch.randn(1, 40, 32, generator=gen), (32,))
+    f0 = torch.randn(1, 40, 32, generator=gen)
     order = torch.randperm(40, generator=gen)
     f1 = f0[:, order]
     mask1 = torch.ones(1, 40, dtype=torch.bool)
     mask1[0, :5] = False
-    _, i, j, score = mutual_matches(
-        dual_softmax(f0, f1, torch.ones(1, 40, dtype=torch.bool), mask1, 0.1), 0.2
-    )
+    b, i, j, score = coarse_matches(f0, f1, torch.ones(1, 40, dtype=torch.bool), mask1, 0.05, 0.2)
     assert len(i) == 35 and torch.equal(order[j], i) and bool((j >= 5).all()) and float(score.min()) > 0.2
+    assert bool((b == 0).all())
+
+
+def test_coarse_matches_are_the_mutual_maxima_of_the_dual_softmax():
+    gen = torch.Generator().manual_seed(2)
+    f0, f1 = torch.randn(3, 50, 16, generator=gen), torch.randn(3, 60, 16, generator=gen)
+    f1[:, :30] = f0[:, 10:40] + 0.5 * torch.randn(3, 30, 16, generator=gen)
+    mask0, mask1 = torch.rand(3, 50, generator=gen) > 0.2, torch.rand(3, 60, generator=gen) > 0.2
+    confidence = dual_softmax(f0, f1, mask0, mask1, 0.1)
+    keep = (confidence > 0.05) & (confidence == confidence.amax(2, keepdim=True))
+    keep &= confidence == confidence.amax(1, keepdim=True)
+    b, i, j, score = coarse_matches(f0, f1, mask0, mask1, 0.1, 0.05)
+    expected = torch.nonzero(keep)
+    assert len(expected) > 20
+    assert torch.equal(torch.stack([b, i, j], 1), expected)
+    torch.testing.assert_close(score, confidence[keep], rtol=1e-4, atol=1e-6)
 
 
 def test_refinement_finds_a_known_offset_in_its_window():
@@ -61,8 +90,8 @@ def test_refinement_finds_a_known_offset_in_its_window():
 
 def test_match_images_pads_any_size_and_keeps_points_inside():
     net = MatcherNet().eval()
-    found = match_images(net, torch.rand(45, 70), torch.rand(50, 41))
-    assert found.points0_px.shape == found.points1_px.shape == (len(found), 2)
+    found = match_images(net, torch.rand(45, 70), torch.rand(50, 41), config=Matcher2dConfig(threshold=0))
+    assert len(found) > 0 and found.points0_px.shape == found.points1_px.shape == (len(found), 2)
     assert bool((found.points0_px.max(0).values <= torch.tensor([69, 44])).all())
     assert bool((found.points1_px.max(0).values <= torch.tensor([40, 49])).all())
 

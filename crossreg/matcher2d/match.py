@@ -1,9 +1,12 @@
 """Matching two 2D images with the matcher network: coarse matches, then sub-pixel refinement.
 
-1. **coarse**: the attention-transformed 1/8 features of both images are compared all against all;
-   a dual softmax (over rows and over columns) gives each pair of cells a confidence, and a pair is a
-   match when each cell is the other's most confident partner and the confidence exceeds
-   ``Matcher2dConfig.threshold``. Its points are the two cells' centres;
+1. **coarse**: the attention-transformed 1/8 features of both images are compared all against all
+   (cosine similarity over ``temperature``); a dual softmax (over rows and over columns) gives each
+   pair of cells a confidence, and a pair is a match when each cell is the other's most confident
+   partner and the confidence exceeds ``Matcher2dConfig.threshold``. Its points are the two cells'
+   centres. Cosine similarities are bounded (by 1 / ``temperature``), so the exponentials need no
+   running maximum: one pass of ``exp`` serves both softmaxes, and matching a pair
+   (:func:`coarse_matches`) keeps only its cells inside the fields of view;
 2. **fine**: the fine (1/4) feature at the first cell's centre is correlated with the fine features on
    a ``window`` x ``window`` grid around the second cell's centre (one fine pixel apart); the
    expectation of the softmax of that correlation moves the second point to sub-pixel precision.
@@ -31,11 +34,13 @@ class Matcher2dConfig:
     """How matches are read from the network's features."""
 
     threshold: float = 0.2  # dual-softmax confidence a coarse match needs (0..1)
-    temperature: float = 0.1  # of the coarse similarities (the one the network was trained with)
+    temperature: float = 0.05  # of the coarse cosine similarities (the one the network was trained with)
     window: int = 5  # fine search window, in fine pixels (odd; each 4 image pixels)
 
     def __post_init__(self) -> None:
-        if not 0 <= self.threshold < 1 or self.temperature <= 0 or self.window < 3 or self.window % 2 == 0:
+        # exp(1 / temperature) times a grid's cells must stay a finite float32: temperature >= 0.02.
+        bad_temperature = not 0.02 <= self.temperature <= 1
+        if not 0 <= self.threshold < 1 or bad_temperature or self.window < 3 or self.window % 2 == 0:
             raise ValueError(f"invalid Matcher2dConfig {self}")
 
 
@@ -62,11 +67,12 @@ def dual_softmax(
     f0: torch.Tensor, f1: torch.Tensor, mask0: torch.Tensor, mask1: torch.Tensor, temperature: float
 ) -> torch.Tensor:
     """``(B, L0, L1)`` confidence of every pair of coarse cells: softmax over rows times over columns
-    of the scaled similarities of features ``(B, L0, C)`` and ``(B, L1, C)``; 0 outside the masks."""
-    sim = torch.einsum("blc,bsc->bls", f0, f1) / (f0.shape[-1] * temperature)
-    valid = mask0[:, :, None] & mask1[:, None, :]
-    sim = sim.float().masked_fill(~valid, -1e4)
-    return (F.softmax(sim, 1) * F.softmax(sim, 2)) * valid
+    of the cosine similarities over ``temperature`` of features ``(B, L0, C)`` and ``(B, L1, C)``;
+    0 outside the masks ``(B, L0)``, ``(B, L1)`` bool."""
+    sim = torch.einsum("blc,bsc->bls", F.normalize(f0, dim=-1), F.normalize(f1, dim=-1)).float()
+    weight = (mask0[:, :, None] & mask1[:, None, :]).float()
+    e = torch.exp(sim / temperature) * weight
+    return (e / e.sum(2, keepdim=True).clamp_min(1e-30)) * (e / e.sum(1, keepdim=True).clamp_min(1e-30))
 
 
 def cell_centres(index: torch.Tensor, cells_x: int) -> torch.Tensor:
@@ -75,13 +81,42 @@ def cell_centres(index: torch.Tensor, cells_x: int) -> torch.Tensor:
     return xy.float() * COARSE_STRIDE + (COARSE_STRIDE - 1) / 2
 
 
-def mutual_matches(confidence: torch.Tensor, threshold: float) -> tuple[torch.Tensor, ...]:
-    """Batch, row and column indices ``(M,)`` and confidence of the mutual best pairs above ``threshold``."""
-    keep = confidence > threshold
-    keep &= confidence == confidence.amax(dim=2, keepdim=True)
-    keep &= confidence == confidence.amax(dim=1, keepdim=True)
-    b, i, j = torch.nonzero(keep, as_tuple=True)
-    return b, i, j, confidence[b, i, j]
+def coarse_matches(
+    f0: torch.Tensor,
+    f1: torch.Tensor,
+    mask0: torch.Tensor,
+    mask1: torch.Tensor,
+    temperature: float,
+    threshold: float,
+) -> tuple[torch.Tensor, ...]:
+    """Pair, row and column indices ``(M,)`` and confidence of the mutual best pairs of cells above
+    ``threshold``: those :func:`dual_softmax` would give, for features ``(B, L0, C)``, ``(B, L1, C)``
+    with masks ``(B, L0)``, ``(B, L1)`` bool, without its ``(B, L0, L1)`` temporaries."""
+    found = [_pair_matches(*t, temperature, threshold) for t in zip(f0, f1, mask0, mask1, strict=True)]
+    b = torch.cat([torch.full_like(i, k) for k, (i, _, _) in enumerate(found)])
+    return b, *(torch.cat(parts) for parts in zip(*found, strict=True))
+
+
+def _pair_matches(
+    f0: torch.Tensor,
+    f1: torch.Tensor,
+    mask0: torch.Tensor,
+    mask1: torch.Tensor,
+    temperature: float,
+    threshold: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`coarse_matches` of one pair: features ``(L0, C)``, ``(L1, C)``, masks ``(L0,)``, ``(L1,)``."""
+    rows, cols = torch.nonzero(mask0)[:, 0], torch.nonzero(mask1)[:, 0]
+    a, b = F.normalize(f0[rows].float(), dim=-1), F.normalize(f1[cols].float(), dim=-1)
+    # One (L0', L1') matrix, updated in place: exp(sim), then (e / sqrt(row sum * column sum))^2,
+    # which is e / row sum * e / column sum without an intermediate above 1.
+    q = torch.mm(a / temperature, b.T).exp_()
+    row_sum, col_sum = q.sum(1), q.sum(0)
+    q.mul_(col_sum.rsqrt()[None]).mul_(row_sum.rsqrt()[:, None]).square_()
+    # A column maximum compares values: cheaper than an index over rows.
+    confidence, j = q.max(1)
+    keep = (confidence == q.amax(0)[j]) & (confidence > threshold)
+    return rows[keep], cols[j[keep]], confidence[keep]
 
 
 def refine(
@@ -129,8 +164,7 @@ def find_matches(
     of 8; the two batches may differ in size)."""
     c0, c1 = coarse_masks(masks0), coarse_masks(masks1)
     f0, f1, fine0, fine1 = net(structure_input(images0, masks0), structure_input(images1, masks1), c0, c1)
-    confidence = dual_softmax(f0, f1, c0, c1, config.temperature)
-    b, i, j, score = mutual_matches(confidence, config.threshold)
+    b, i, j, score = coarse_matches(f0, f1, c0, c1, config.temperature, config.threshold)
     p0 = cell_centres(i, images0.shape[-1] // COARSE_STRIDE)
     p1 = cell_centres(j, images1.shape[-1] // COARSE_STRIDE)
     p1 = p1 + refine(fine0, fine1, b, p0, p1, config.window)
