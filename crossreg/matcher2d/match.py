@@ -201,10 +201,15 @@ def _inside(points_px: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return ((points_px >= 0) & (points_px <= limit)).all(-1)
 
 
+def matcher_available(path: str | Path | None) -> bool:
+    """Whether a matcher model is at hand: ``path`` given, or (None) the shipped one installed."""
+    return path is not None or shipped_weights(SHIPPED).is_file()
+
+
 def load_matcher(path: str | Path | None = None, device: str = "cpu") -> tuple[MatcherNet, dict]:
     """The matcher network in ``path`` (None: the shipped model), in eval mode on ``device``, and its
     meta. Raises ModelLoadError for a missing, corrupt or foreign file."""
-    if path is None and not shipped_weights(SHIPPED).is_file():
+    if not matcher_available(path):
         raise ModelLoadError(
             f"no {KIND} model is shipped with this installation ({SHIPPED}): train one with "
             "`crossreg train matcher --out matcher2d.pt` and pass it with --weights"
