@@ -1,9 +1,10 @@
-"""The settings of a registration: :class:`RegisterConfig` and the two ways of matching it chooses from.
+"""The settings of a registration: :class:`RegisterConfig` and the ways of matching it chooses from.
 
-Every setting has one owner. Sparse matching (keypoints on both images) and dense matching (grids,
-no detection) each own their RANSAC settings, because their matches differ in kind: sparse matches
-passed a ratio and a mutual test, dense ones did not, and neighbouring dense queries see overlapping
-anatomy, so their wrong matches agree with each other.
+Every setting has one owner. Sparse matching (keypoints on both images), dense matching (grids,
+no detection) and, for 2D images, the detector-free matcher network each own their RANSAC settings,
+because their matches differ in kind: sparse and matcher2d matches passed a mutual test, dense ones
+did not, and neighbouring dense queries see overlapping anatomy, so their wrong matches agree with
+each other.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from crossreg.matching import MatchConfig
 from crossreg.refine import RefineConfig
 from crossreg.transform import Model
 
-Mode = Literal["sparse", "dense"]
+Mode = Literal["sparse", "dense", "matcher2d"]
 #: ``RegisterConfig.matching`` values: ``auto`` or a matcher of :data:`crossreg.correspond.MATCHERS`.
 MATCHING = ("auto", *MATCHERS)
 
@@ -66,6 +67,21 @@ class DenseConfig:
 
 
 @dataclass(frozen=True)
+class Matcher2dSettings:
+    """Detector-free matching of 2D images by the matcher network (:mod:`crossreg.matcher2d`): it finds
+    corresponding points on both working images at once; each image's features then describe it
+    there, for the round trip. Its matches passed a mutual and a confidence test, as sparse ones did."""
+
+    weights: str | None = None  # matcher model file (`crossreg train matcher`); None: the shipped one
+    threshold: float = 0.2  # coarse dual-softmax confidence a match needs (0..1)
+    ransac: RansacConfig = field(default_factory=RansacConfig)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold < 1.0:
+            raise InvalidConfigError(f"matcher2d threshold {self.threshold:g}: expected a value in [0, 1)")
+
+
+@dataclass(frozen=True)
 class RegisterConfig:
     """Everything that determines a registration, with the seed and (learned features) a weights file."""
 
@@ -73,9 +89,10 @@ class RegisterConfig:
     features: str = "mind"  # a kind of crossreg.features.FEATURES: mind (any pair), crosskey (MR-US)
     weights: str | None = None  # learned features' weights file; None: the model shipped for them
     working_spacing_mm: float | None = None  # isotropic working grid; None: from the images' extent
-    matching: str = "auto"  # sparse, dense, or auto: plan.choose_mode decides per pair
+    matching: str = "auto"  # sparse, dense, matcher2d, or auto: the plan decides per pair
     sparse: SparseConfig = field(default_factory=SparseConfig)
     dense: DenseConfig = field(default_factory=DenseConfig)
+    matcher2d: Matcher2dSettings = field(default_factory=Matcher2dSettings)
     mind: MindConfig = field(default_factory=MindConfig)  # MIND-SSC as features, and as re-ranking
     refine: RefineConfig | None = field(default_factory=RefineConfig)  # intensity polish; None: off
     min_confidence: float = 0.5  # a less confident transform is refused (docs/reliability.md)
@@ -93,6 +110,6 @@ class RegisterConfig:
         if not 0.0 <= self.min_confidence <= 1.0:
             raise InvalidConfigError(f"min confidence {self.min_confidence:g}: expected a value in [0, 1]")
 
-    def settings(self, mode: Mode) -> SparseConfig | DenseConfig:
+    def settings(self, mode: Mode) -> SparseConfig | DenseConfig | Matcher2dSettings:
         """The settings of one way of matching."""
-        return self.sparse if mode == "sparse" else self.dense
+        return {"sparse": self.sparse, "dense": self.dense, "matcher2d": self.matcher2d}[mode]

@@ -4,6 +4,8 @@ Sparse plans detect keypoints on both working images; dense plans lay grids inst
 ``DenseConfig.spacing_mm`` over the reference, queries every ``query_spacing_mm`` over the query
 image (coarser where there would be more than ``max_queries``). Either way both images then go
 through the same features, which describe each image once and read descriptors at its points.
+matcher2d plans describe each image with no points yet: the matcher finds them, and reads the
+descriptors there (:func:`crossreg.correspond.detector_free`).
 """
 
 from __future__ import annotations
@@ -44,9 +46,11 @@ def describe(plan: Plan, features: Features, config: RegisterConfig) -> tuple[De
 
 
 def points_of(side: Side, plan: Plan, config: RegisterConfig) -> torch.Tensor:
-    """World points ``(N, d)`` float32 where ``side`` is described: its keypoints (sparse plans), or
-    its grid of queries or of candidates (dense plans), inside its field of view."""
+    """World points ``(N, d)`` float32 where ``side`` is described: its keypoints (sparse plans), its
+    grid of queries or of candidates (dense plans), inside its field of view; none (matcher2d plans)."""
     image = side.image
+    if plan.mode == "matcher2d":
+        return torch.zeros(0, image.ndim)
     if plan.mode == "sparse":
         return detect_keypoints(image, config.sparse.keypoints, side.seed, image.valid_mask()).points_mm
     dense = config.dense

@@ -5,6 +5,11 @@ anisotropic storage gives the same features. A working image's mask is its field
 there is signal), computed once by :func:`crossreg.resample.working_image` and read by every later
 stage: the choice of sparse or dense matching, the grids, the keypoint detector, the overlap check.
 
+For 2D images, the matcher network (``matching="matcher2d"``, and ``auto`` wherever a matcher model
+is shipped or given) replaces detection and description: both working grids then take the finer
+spacing the network matches at (:data:`crossreg.matcher2d.world.WORKING_PIXELS`), and the fixed
+image holds the queries, as in sparse matching.
+
 The plan then says which image holds the queries. Sparse matching asks the fixed image's keypoints
 for partners among the moving image's (the ratio test is the fixed side's). Dense matching asks every
 point of the smaller field of view for its nearest candidate in the larger one, so that nothing needs
@@ -21,10 +26,12 @@ from typing import Literal
 import numpy as np
 
 from crossreg.config import Mode, RegisterConfig
-from crossreg.errors import DimensionMismatchError
+from crossreg.errors import DimensionMismatchError, InvalidConfigError
 from crossreg.estimate import RansacConfig
 from crossreg.features import Features
 from crossreg.image import Image
+from crossreg.matcher2d.match import matcher_available
+from crossreg.matcher2d.world import WORKING_PIXELS
 from crossreg.resample import working_image
 
 log = logging.getLogger(__name__)
@@ -71,14 +78,28 @@ class Plan:
         return self.query if self.query.role == role else self.reference
 
 
-def working_spacing(fixed: Image, moving: Image, spacing_mm: float | None = None) -> float:
+def working_spacing(
+    fixed: Image, moving: Image, spacing_mm: float | None = None, size: int | None = None
+) -> float:
     """Isotropic spacing (mm) of the working grids: ``spacing_mm`` if given, else the larger image
-    extent over :data:`WORKING_SIZE` voxels, never finer than the finest input voxel."""
+    extent over ``size`` voxels (None: :data:`WORKING_SIZE`), never finer than the finest input voxel."""
     if spacing_mm is not None:
         return float(spacing_mm)
     extent = max(np.ptp(im.grid.corners_mm(), axis=0).max() for im in (fixed, moving))
     finest = min(min(fixed.spacing_mm), min(moving.spacing_mm))
-    return float(max(extent / WORKING_SIZE[fixed.ndim], finest))
+    return float(max(extent / (size or WORKING_SIZE[fixed.ndim]), finest))
+
+
+def uses_matcher2d(config: RegisterConfig, ndim: int) -> bool:
+    """Whether a pair of ``ndim``-D images goes to the 2D matcher network: asked for, or ``auto`` on 2D
+    images with a matcher model (``Matcher2dSettings.weights``, or the shipped one). Raises
+    InvalidConfigError when it is asked for on 3D images."""
+    if config.matching == "matcher2d" and ndim != 2:
+        raise InvalidConfigError(
+            f"matching 'matcher2d' matches 2D images only, and these are {ndim}D: use auto, sparse or dense"
+        )
+    auto = config.matching == "auto" and ndim == 2 and matcher_available(config.matcher2d.weights)
+    return config.matching == "matcher2d" or auto
 
 
 def choose_mode(matching: str, features: Features, fov_ratio: float) -> Mode:
@@ -94,13 +115,15 @@ def plan_pair(fixed: Image, moving: Image, config: RegisterConfig, features: Fea
     if fixed.ndim != moving.ndim:
         raise DimensionMismatchError(f"fixed image is {fixed.ndim}D but moving image is {moving.ndim}D")
     log.info("fixed %s; moving %s", fixed.summary(), moving.summary())
-    spacing = working_spacing(fixed, moving, config.working_spacing_mm)
+    learned = uses_matcher2d(config, fixed.ndim)
+    size = WORKING_PIXELS if learned else None
+    spacing = working_spacing(fixed, moving, config.working_spacing_mm, size)
     f_side = Side("fixed", working_image(fixed, spacing), config.seed)
     m_side = Side("moving", working_image(moving, spacing), config.seed + 1)
     smaller, larger = sorted((f_side.fov_voxels, m_side.fov_voxels))
     fov_ratio = smaller / max(larger, 1)
-    mode = choose_mode(config.matching, features, fov_ratio)
-    fixed_queries = mode == "sparse" or f_side.fov_voxels < m_side.fov_voxels
+    mode = "matcher2d" if learned else choose_mode(config.matching, features, fov_ratio)
+    fixed_queries = mode != "dense" or f_side.fov_voxels < m_side.fov_voxels
     query, reference = (f_side, m_side) if fixed_queries else (m_side, f_side)
     log.info(
         "%s matching, %s queries on %.2g mm grids: the smaller field of view is %.0f%% of the larger",

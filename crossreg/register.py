@@ -1,6 +1,6 @@
 """register(fixed, moving) -> Result: the whole pipeline, one named stage after another.
 
-plan (working grids, fields of view, which image holds the queries, sparse or dense) -> describe
+plan (working grids, fields of view, which image holds the queries, sparse, dense or matcher2d) -> describe
 (points and descriptors of each image, by a kind of FEATURES) -> correspond (matches, by a matcher of
 MATCHERS) -> estimate (RANSAC) -> verify (overlap, confidence, round trip) -> polish (intensity
 refinement). docs/architecture.md draws it; each stage is a function of its own module.
@@ -45,7 +45,8 @@ def register(
         plan = plan_pair(fixed, moving, config, features)
     with clock("describe", f"{plan.mode} {config.features} descriptors on {plan.spacing_mm:.2g} mm grids"):
         query, reference = describe(plan, features, config)
-    with clock("correspond", f"matching {len(query)} x {len(reference)} points"):
+    what = "the images" if plan.mode == "matcher2d" else f"{len(query)} x {len(reference)} points"
+    with clock("correspond", f"matching {what}"):
         pairs = correspond(query, reference, plan, config)
     with clock("estimate", f"RANSAC ({config.model}) on {len(pairs)} matches"):
         found = estimate(pairs.fixed_mm, pairs.moving_mm, config.model, plan.ransac, seed=config.seed)

@@ -303,6 +303,9 @@ def test_crossreg_methods_come_from_the_registries(tmp_path, monkeypatch):
     names = [m.name for m in crossreg_methods()]
     assert names[:4] == ["crossreg", "crossreg-norefine", "crossreg-sparse", "crossreg-dense"]
     assert {"crosskey", "crosskey-norefine", "crosskey-learned"} <= set(names)
+    # the matcher network is one method, for 2D cases only, and waits for its model file
+    learned = [m for m in crossreg_methods() if "matcher2d" in m.name]
+    assert [m.name for m in learned] == ["crossreg-matcher2d"] and learned[0].ndims == (2,)
     monkeypatch.setitem(FEATURES, "patch", FEATURES["mind"])
     assert {"patch", "patch-norefine", "patch-sparse", "patch-dense"} <= {m.name for m in crossreg_methods()}
     # A learned kind's missing weights file makes its methods unavailable, not MIND-SSC's.

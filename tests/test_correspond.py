@@ -5,10 +5,14 @@ import pytest
 import torch
 
 from crossreg import datasets
-from crossreg.config import RegisterConfig
+from crossreg.config import Matcher2dSettings, RegisterConfig
 from crossreg.correspond import MATCHERS, correspond
 from crossreg.describe import describe
 from crossreg.features import make_features
+from crossreg.features.weights import save_weights
+from crossreg.filters import dilate
+from crossreg.matcher2d.match import KIND
+from crossreg.matcher2d.net import MatcherNet
 from crossreg.matching import MatchConfig, match
 from crossreg.plan import plan_pair
 from crossreg.synth.cases import make_case
@@ -56,10 +60,39 @@ def test_confidence_is_one_minus_the_distance_ratio(sector_case):
     assert float(pairs.confidence.max()) <= 1.0
 
 
-def test_every_matcher_returns_matches_over_the_described_points(sector_case):
+def test_every_descriptor_matcher_pairs_described_points(sector_case):
     config = RegisterConfig()
     _, query, reference, _ = run(sector_case, config)
-    for name, matcher in MATCHERS.items():
-        found = matcher(query, reference, config)
+    for name in ("sparse", "dense"):
+        found = MATCHERS[name](query, reference, config)
         assert len(found) > 0, name
-        assert int(found.i0.max()) < len(query) and int(found.i1.max()) < len(reference), name
+        assert found.query is query and found.reference is reference, name
+        assert bool((found.query_mm[:, None] == query.points_mm.double()).all(-1).any(1).all()), name
+
+
+@pytest.fixture(scope="module")
+def random_matcher(tmp_path_factory):
+    """A matcher model of random weights: for plumbing only, it matches nothing in particular."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("matcher") / "m.pt"
+    save_weights(path, MatcherNet(), KIND, {"steps": 0})
+    return str(path)
+
+
+def test_matcher2d_describes_both_images_at_its_points_inside_their_fields_of_view(
+    sector_case, random_matcher
+):
+    config = RegisterConfig(matching="matcher2d", matcher2d=Matcher2dSettings(random_matcher, threshold=0.0))
+    plan, query, reference, pairs = run(sector_case, config)
+    assert plan.mode == "matcher2d" and query.side.role == "fixed" and len(query) == len(reference) == 0
+    assert len(pairs) > 0 and pairs.fixed_mm is pairs.query_mm
+    assert pairs.query.side is query.side and pairs.reference.side is reference.side
+    for described in (pairs.query, pairs.reference):
+        assert described.points_mm.shape == (len(pairs), 2)
+        assert described.descriptors.shape[0] == len(pairs)
+        torch.testing.assert_close(described.descriptors, described.description.at(described.points_mm))
+        # coarse cells at least half inside, refined by up to two fine steps: within 8 px of the field of view
+        near = dilate(torch.from_numpy(described.side.image.valid_mask()), 8).numpy()
+        index = np.round(described.side.image.grid.world_to_index(described.points_mm.double().numpy()))
+        assert bool(near[index[:, 1].astype(int), index[:, 0].astype(int)].all())
+    assert float(pairs.confidence.min()) >= 0 and float(pairs.confidence.max()) <= 1

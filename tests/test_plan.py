@@ -4,12 +4,15 @@ import numpy as np
 import pytest
 
 from crossreg import datasets
-from crossreg.config import RegisterConfig
-from crossreg.errors import DimensionMismatchError
+from crossreg.config import Matcher2dSettings, RegisterConfig
+from crossreg.errors import DimensionMismatchError, InvalidConfigError
 from crossreg.features import make_features
 from crossreg.features.crosskey import CrossKeyFeatures
 from crossreg.features.mind import MindFeatures
-from crossreg.plan import DENSE_FOV_RATIO, choose_mode, plan_pair, working_spacing
+from crossreg.image import from_array
+from crossreg.matcher2d.match import matcher_available
+from crossreg.matcher2d.world import WORKING_PIXELS
+from crossreg.plan import DENSE_FOV_RATIO, choose_mode, plan_pair, uses_matcher2d, working_spacing
 from crossreg.synth.cases import make_case
 
 
@@ -70,3 +73,25 @@ def test_images_of_different_dimensionality_are_refused(slice_pair):
     config = RegisterConfig()
     with pytest.raises(DimensionMismatchError, match="2D but moving image is 3D"):
         plan_pair(slice_pair.fixed, datasets.mni152_t1(2), config, make_features(config, 2))
+
+
+def test_matcher2d_plans_ask_the_fixed_image_on_the_matchers_grids(slice_pair, tmp_path):
+    # auto stays as it was without a matcher model; a given one makes 2D pairs go to the matcher
+    settings = Matcher2dSettings(weights=str(tmp_path / "m.pt"))
+    for config in (RegisterConfig(matching="matcher2d"), RegisterConfig(matcher2d=settings)):
+        plan = plan_pair(slice_pair.fixed, slice_pair.moving, config, make_features(config, 2))
+        assert (
+            plan.mode == "matcher2d" and plan.query.role == "fixed" and plan.ransac == config.matcher2d.ransac
+        )
+        assert plan.spacing_mm == working_spacing(slice_pair.fixed, slice_pair.moving, None, WORKING_PIXELS)
+    if not matcher_available(None):
+        auto = RegisterConfig()
+        assert plan_pair(slice_pair.fixed, slice_pair.moving, auto, make_features(auto, 2)).mode == "dense"
+
+
+def test_matcher2d_on_3d_images_is_one_clear_error():
+    volume = from_array(np.random.default_rng(0).random((8, 8, 8), np.float32), (1.0, 1.0, 1.0))
+    config = RegisterConfig(matching="matcher2d")
+    assert not uses_matcher2d(RegisterConfig(matcher2d=Matcher2dSettings(weights="m.pt")), 3)
+    with pytest.raises(InvalidConfigError, match="matches 2D images only, and these are 3D"):
+        plan_pair(volume, volume, config, make_features(config, 3))

@@ -55,10 +55,15 @@ def register(
         MatchingName,
         typer.Option(
             help="dense: a grid over the smaller image (e.g. an ultrasound cone) against a grid over the "
-            "larger; sparse: keypoints on both; auto: dense for crosskey, and for mind where one field of "
-            "view is under a quarter of the other."
+            "larger; sparse: keypoints on both; matcher2d (2D only): the pretrained matcher network; auto: "
+            "matcher2d for 2D images where a matcher model is shipped or given, else dense for crosskey, "
+            "and for mind where one field of view is under a quarter of the other."
         ),
     ] = "auto",
+    matcher_weights: Annotated[
+        Path | None,
+        typer.Option(help="Matcher model from `crossreg train matcher` (default: the shipped one)."),
+    ] = None,
     refine: Annotated[bool, typer.Option(help="Intensity refinement (MIND-SSD) after RANSAC.")] = True,
     min_confidence: Annotated[
         float, typer.Option(help="Refuse (exit 3) a transform less confident than this (0..1).")
@@ -68,7 +73,7 @@ def register(
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing outputs.")] = False,
 ) -> None:
     """Register MOVING to FIXED with no manual initialisation; write the fixed->moving transform."""
-    from crossreg.config import RegisterConfig
+    from crossreg.config import Matcher2dSettings, RegisterConfig
     from crossreg.imageio import SAVE_SUFFIXES, load
     from crossreg.outputs import check_outputs, check_suffix
     from crossreg.refine import RefineConfig
@@ -86,6 +91,7 @@ def register(
         features=features,
         weights=None if weights is None else str(weights),
         matching=matching,
+        matcher2d=Matcher2dSettings(weights=None if matcher_weights is None else str(matcher_weights)),
         refine=RefineConfig() if refine else None,
         min_confidence=min_confidence,
         device=device,

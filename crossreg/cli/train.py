@@ -1,4 +1,4 @@
-"""``crossreg train patient|general``: learn CrossKEY descriptors from synthetic ultrasound."""
+"""``crossreg train patient|general|embedding|matcher``: learn descriptors, embeddings or the 2D matcher."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from crossreg.cli.app import app
 from crossreg.cli.common import check_device, console, friendly_errors
 from crossreg.errors import CrossregError
 
-train_app = typer.Typer(no_args_is_help=True, help="Train CrossKEY descriptors or anatomical embeddings.")
+train_app = typer.Typer(
+    no_args_is_help=True, help="Train CrossKEY descriptors, anatomical embeddings or the 2D matcher."
+)
 app.add_typer(train_app, name="train")
 
 Steps = Annotated[int | None, typer.Option(help="Optimiser steps (default: the preset's).")]
@@ -171,6 +173,52 @@ def embedding(
 
         stop = None if minutes is None else 60 * minutes
         train_embedding(out, config, device, resume, meta, show, stop, warm_start)
+    console.print(
+        f"wrote {out} (log: {out.with_suffix('.log.jsonl')}, checkpoint {out.with_suffix('.ckpt')})"
+    )
+
+
+@train_app.command()
+@friendly_errors
+def matcher(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (.pt).")],
+    steps: Annotated[int, typer.Option(help="Optimiser steps of the whole schedule.", min=1)] = 30000,
+    batch: Annotated[int, typer.Option(help="Synthetic pairs per optimiser step.", min=1)] = 16,
+    minutes: Annotated[
+        float | None, typer.Option(help="Stop after this many minutes (checkpointed; --resume goes on).")
+    ] = None,
+    warm_start: Annotated[
+        Path | None,
+        typer.Option(help="Start from this model at the step it was written at, with a fresh optimiser."),
+    ] = None,
+    device: Device = "cpu",
+    seed: Seed = 0,
+    resume: Resume = False,
+    force: Force = False,
+) -> None:
+    """Train the 2D detector-free matcher on synthetic pairs made on DEVICE (real slices, photographs and
+    procedural pictures under random modalities and warps); the edges and speckle families are held out."""
+    from dataclasses import replace
+
+    from crossreg.outputs import check_outputs
+    from crossreg.train.matcher import MatcherTrainConfig, train_matcher
+
+    check_device(device)
+    if not resume:
+        check_outputs([out], force)
+    config = replace(MatcherTrainConfig(), steps=steps, batch=batch, seed=seed)
+    meta = {"kind": "matcher2d", "command": "crossreg " + shlex.join(sys.argv[1:]), "commit": _commit()}
+    with console.status(f"training ({config.steps} steps)") as status:
+
+        def show(entry) -> None:
+            stats = ", ".join(f"{k} {v:.3f}" for k, v in entry.stats.items())
+            line = f"step {entry.step}/{config.steps}: loss {entry.loss:.3f} ({stats}), {entry.seconds:.0f} s"
+            status.update(line)
+            if not console.is_terminal:
+                console.print(line)
+
+        stop = None if minutes is None else 60 * minutes
+        train_matcher(out, config, device, resume, meta, show, stop, warm_start)
     console.print(
         f"wrote {out} (log: {out.with_suffix('.log.jsonl')}, checkpoint {out.with_suffix('.ckpt')})"
     )

@@ -31,8 +31,10 @@ from crossreg.config import DenseConfig, RegisterConfig
 from crossreg.correspond import MATCHERS
 from crossreg.errors import NoOverlapError, RegistrationFailed
 from crossreg.features import FEATURES
+from crossreg.features.weights import shipped_weights
 from crossreg.image import Image, fov_mask
 from crossreg.imageio import to_sitk
+from crossreg.matcher2d.match import SHIPPED
 from crossreg.register import register
 from crossreg.transform import AffineTransform, from_sitk, read_transform
 
@@ -57,12 +59,14 @@ MethodFn = Callable[[Image, Image, int], MethodOutput]
 
 @dataclass(frozen=True)
 class Method:
-    """A named registration method; ``requires`` lists the modules it imports (optional extras)."""
+    """A named registration method; ``requires`` lists the modules it imports (optional extras),
+    ``ndims`` the image dimensions it registers (other cases are not run)."""
 
     name: str
     run: MethodFn
     requires: tuple[str, ...] = ()
     files: tuple[Path, ...] = ()
+    ndims: tuple[int, ...] = (2, 3)
 
     def missing(self) -> str | None:
         """Why the method cannot run here ("not installed: ...", "no file ..."), or None if it can."""
@@ -91,6 +95,8 @@ def crossreg_method(name: str = "crossreg", config: RegisterConfig | None = None
     """crossreg.register with ``config`` (its seed replaced by the case seed); matches are all putative."""
     config = config or RegisterConfig()
     files = (Path(config.weights),) if config.weights else ()
+    if config.matching == "matcher2d":
+        files += (Path(config.matcher2d.weights) if config.matcher2d.weights else shipped_weights(SHIPPED),)
 
     def run(fixed: Image, moving: Image, seed: int) -> MethodOutput:
         start = time.perf_counter()
@@ -101,7 +107,7 @@ def crossreg_method(name: str = "crossreg", config: RegisterConfig | None = None
         matches = (result.fixed_points_mm, result.moving_points_mm)
         return MethodOutput(result.transform, time.perf_counter() - start, matches)
 
-    return Method(name, run, files=files)
+    return Method(name, run, files=files, ndims=(2,) if config.matching == "matcher2d" else (2, 3))
 
 
 def identity(fixed: Image, moving: Image, seed: int) -> MethodOutput:
@@ -303,10 +309,11 @@ _BENCH_NAME = {"mind": "crossreg"}
 
 def crossreg_methods(device: str = "cpu", weights: str | None = None) -> list[Method]:
     """For every kind of :data:`crossreg.features.FEATURES`: ``<name>`` (the defaults),
-    ``<name>-norefine``, and ``<name>-<matcher>`` for every matcher of
+    ``<name>-norefine``, and ``<name>-<matcher>`` for every descriptor matcher of
     :data:`crossreg.correspond.MATCHERS` forced; then ``crosskey-learned``, CrossKEY's learned
-    descriptor alone (no MIND-SSC re-ranking, no refinement). ``weights``: a model file for the
-    learned kinds (None: the shipped ones)."""
+    descriptor alone (no MIND-SSC re-ranking, no refinement), and ``crossreg-matcher2d``, the 2D
+    matcher network (2D cases only; MIND-SSC for its round trip). ``weights``: a model file for the
+    learned features (None: the shipped ones)."""
     methods = []
     for kind in FEATURES:
         name = _BENCH_NAME.get(kind, kind)
@@ -315,9 +322,14 @@ def crossreg_methods(device: str = "cpu", weights: str | None = None) -> list[Me
             crossreg_method(name, config),
             crossreg_method(f"{name}-norefine", replace(config, refine=None)),
         ]
-        methods += [crossreg_method(f"{name}-{way}", replace(config, matching=way)) for way in MATCHERS]
+        ways = [way for way in MATCHERS if way != "matcher2d"]
+        methods += [crossreg_method(f"{name}-{way}", replace(config, matching=way)) for way in ways]
     crosskey = RegisterConfig(features="crosskey", weights=weights, device=device, refine=None)
-    return [*methods, crossreg_method("crosskey-learned", replace(crosskey, dense=DenseConfig(shortlist=0)))]
+    return [
+        *methods,
+        crossreg_method("crosskey-learned", replace(crosskey, dense=DenseConfig(shortlist=0))),
+        crossreg_method("crossreg-matcher2d", RegisterConfig(matching="matcher2d", device=device)),
+    ]
 
 
 def default_methods(device: str = "cpu", weights: str | None = None) -> list[Method]:

@@ -37,17 +37,16 @@ def _run_one(method: Method, case: BenchCase, seed: int) -> MethodOutput:
 def run_cases(
     cases: Sequence[BenchCase], methods: Sequence[Method], seed: int = 0, on_progress: Progress | None = None
 ) -> list[CaseResult]:
-    """Every method on every case, case by case; methods are assumed runnable (see Method.missing)."""
-    results, total = [], len(cases) * len(methods)
-    for case in cases:
-        for method in methods:
-            result = score(case, method.name, _run_one(method, case, seed))
-            results.append(result)
-            if on_progress is not None:
-                outcome = f"failed ({result.failed})" if result.failed else f"TRE {result.tre_mm:.2f} mm"
-                on_progress(
-                    len(results), total, f"{case.name} {method.name}: {outcome}, {result.seconds:.1f} s"
-                )
+    """Every method on every case of its dimensions, case by case; methods are assumed runnable (see
+    Method.missing)."""
+    runs = [(case, method) for case in cases for method in methods if case.fixed.ndim in method.ndims]
+    results, total = [], len(runs)
+    for case, method in runs:
+        result = score(case, method.name, _run_one(method, case, seed))
+        results.append(result)
+        if on_progress is not None:
+            outcome = f"failed ({result.failed})" if result.failed else f"TRE {result.tre_mm:.2f} mm"
+            on_progress(len(results), total, f"{case.name} {method.name}: {outcome}, {result.seconds:.1f} s")
     return results
 
 
