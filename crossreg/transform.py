@@ -1,11 +1,12 @@
-"""Linear transforms in world millimetres (LPS) and their ITK files.
+"""Linear transforms and 2D homographies in world millimetres (LPS), and their files.
 
 The one convention of crossreg: **a registration transform maps fixed-image points to moving-image
 points**, ``p_moving = matrix @ p_fixed + translation_mm``. That is the transform
 ``SimpleITK.Resample(moving, fixed, T)`` takes, what ANTs calls the forward transform of
 ``antsApplyTransforms -r fixed -i moving -t T``, and what 3D Slicer loads as the resampling transform
 ("transform from parent") of the moving image. Written files are ITK text transforms
-(``AffineTransform_double_D_D``, centre 0), which all three read.
+(``AffineTransform_double_D_D``, centre 0), which all three read. A homography, which ITK has no file
+for, is written as JSON and as a displacement field (:func:`displacement_field`) that all three apply.
 """
 
 from __future__ import annotations
