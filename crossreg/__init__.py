@@ -15,12 +15,13 @@ from crossreg.keypoints import detect_keypoints
 from crossreg.matching import match
 from crossreg.register import register
 from crossreg.result import Result
-from crossreg.transform import AffineTransform, read_transform
+from crossreg.transform import AffineTransform, HomographyTransform, read_homography, read_transform
 
 __version__ = "0.1.0"
 __all__ = [
     "AffineTransform",
     "CrossregError",
+    "HomographyTransform",
     "Image",
     "NoOverlapError",
     "RegisterConfig",
@@ -31,6 +32,7 @@ __all__ = [
     "from_array",
     "load",
     "match",
+    "read_homography",
     "read_transform",
     "register",
     "save",

@@ -4,12 +4,13 @@ PAIRS.csv has a header row. Columns: ``fixed``, ``moving`` (image paths), and op
 pair's output folder name; the row number ``0001``, ``0002``, ... without it), ``landmarks`` (a CSV of
 ``fixed_x,fixed_y[,fixed_z],moving_x,...`` rows in world mm, LPS, e.g. what ``crossreg synth pair``
 writes: the pair's target registration error is then recorded), and per-row options ``model``
-(rigid/similarity/affine), ``features`` (mind/crosskey), ``matching`` (auto/sparse/dense, as
-``crossreg register --matching``), ``weights`` (a CrossKEY model file),
+(rigid/similarity/affine; homography for 2D pairs), ``features`` (mind/crosskey), ``matching``
+(auto/sparse/dense, as ``crossreg register --matching``), ``weights`` (a CrossKEY model file),
 ``refine`` (true/false), ``seed`` (an integer). Empty cells take the defaults. Relative paths are
 relative to the CSV's folder.
 
-Each pair writes ``out_dir/<id>/``: ``transform.tfm`` (fixed -> moving), ``matches.csv`` with Slicer
+Each pair writes ``out_dir/<id>/``: ``transform.tfm`` (fixed -> moving; a homography:
+``transform.json`` and ``transform_field.nii.gz``), ``matches.csv`` with Slicer
 markups, ``qa.png``, and last, atomically, ``done.json``: the record and the inputs it was made from.
 A later run skips a pair whose ``done.json`` is valid for the same inputs and redoes any other (a
 failed pair, a half-written folder, a changed row). ``out_dir/summary.csv`` and ``summary.json`` hold
@@ -40,6 +41,7 @@ from crossreg.errors import CrossregError
 from crossreg.estimate import MODELS
 from crossreg.features import FEATURES
 from crossreg.outputs import atomic_write_text
+from crossreg.result_files import transform_files
 from crossreg.transform import Model
 
 log = logging.getLogger(__name__)
@@ -196,10 +198,16 @@ def run_pair(pair: Pair, out_dir: Path, device: str = "cpu") -> PairRecord:
         )
     finally:
         torch.set_num_threads(threads)
-    files = ["transform.tfm", "matches.csv", "matches_fixed.mrk.json", "matches_moving.mrk.json", "qa.png"]
+    transforms = [p.name for p in transform_files(_transform_name(pair.model), pair.model)]
+    files = [*transforms, "matches.csv", "matches_fixed.mrk.json", "matches_moving.mrk.json", "qa.png"]
     done = {"pair": pair.as_json(), "record": asdict(record), "files": files}
     atomic_write_text(folder / DONE, json.dumps(done, indent=2) + "\n")
     return record
+
+
+def _transform_name(model: Model) -> str:
+    """The file name of a pair's transform: an ITK text transform, or a homography's JSON."""
+    return "transform.json" if model == "homography" else "transform.tfm"
 
 
 def _register_pair(pair: Pair, folder: Path, device: str, start: float) -> PairRecord:
@@ -220,7 +228,9 @@ def _register_pair(pair: Pair, folder: Path, device: str, start: float) -> PairR
         seed=pair.seed,
     )
     result = register(fixed, moving, config)
-    result.save(folder / "transform.tfm", qa_path=folder / "qa.png", matches_path=folder / "matches.csv")
+    result.save(
+        folder / _transform_name(pair.model), qa_path=folder / "qa.png", matches_path=folder / "matches.csv"
+    )
     tre = None
     if pair.landmarks is not None:
         pf, pm, _ = read_matches_csv(pair.landmarks)

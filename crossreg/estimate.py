@@ -1,8 +1,10 @@
-"""Robust transforms from point matches: LO-RANSAC over batched Kabsch-Umeyama least squares.
+"""Robust transforms from point matches: LO-RANSAC over batched Kabsch-Umeyama least squares, or
+(2D homographies) batched normalised DLT (crossreg.homography).
 
 Every hypothesis of a chunk is fitted to its minimal sample at once (batched SVD) and scored against all
-matches at once; the best one (most inliers, truncated-quadratic MSAC error to break ties) is then
-polished by local optimisation: re-fit on all its inliers, re-score, repeat.
+matches at once (a homography by its transfer error, mm); the best one (most inliers, truncated-quadratic
+MSAC error to break ties) is then polished by local optimisation: re-fit on all its inliers, re-score,
+repeat.
 
 Points are world millimetres. ``estimate(src_mm, dst_mm)`` maps ``src`` to ``dst``: pass fixed-image
 points as ``src`` to get crossreg's fixed -> moving registration transform.
@@ -41,13 +43,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from crossreg.errors import RegistrationFailed
-from crossreg.transform import AffineTransform, Model
+from crossreg.errors import InvalidConfigError, RegistrationFailed
+from crossreg.homography import degenerate_quads, fit_homography, transfer_squared
+from crossreg.transform import AffineTransform, HomographyTransform, Model, Transform
 
 logger = logging.getLogger(__name__)
 
 Points = torch.Tensor | np.ndarray
-MODELS = ("rigid", "similarity", "affine")
+MODELS = ("rigid", "similarity", "affine", "homography")
 # A sample thinner than this fraction of the inlier threshold (RMS distance of its points from their
 # best-fitting line, or plane for affine 3D) leaves part of the transform fixed only by noise.
 _MIN_SPREAD_FRACTION = 0.5
@@ -97,7 +100,7 @@ class Estimate:
         (see the module docstring).
     """
 
-    transform: AffineTransform
+    transform: Transform
     inliers: torch.Tensor
     n_inliers: int
     rmse_mm: float
@@ -105,8 +108,9 @@ class Estimate:
 
 
 def sample_size(model: Model, ndim: int) -> int:
-    """Matches in a minimal sample: d for rigid and similarity (2 in 2D, 3 in 3D), d + 1 for affine."""
-    return ndim + 1 if model == "affine" else ndim
+    """Matches in a minimal sample: d for rigid and similarity (2 in 2D, 3 in 3D), d + 1 for affine,
+    4 for a (2D) homography."""
+    return {"affine": ndim + 1, "homography": 4}.get(model, ndim)
 
 
 def fit(
@@ -131,7 +135,7 @@ def fit(
     elif model in ("rigid", "similarity"):
         matrix = _rotation(s, t, w, with_scale=model == "similarity")
     else:
-        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+        raise ValueError(f"fit takes rigid, similarity or affine (fit_homography: homography), got {model!r}")
     translation = dst_mean - (matrix @ src_mean[..., None])[..., 0]
     return matrix, translation
 
@@ -185,8 +189,8 @@ def estimate(
     k = sample_size(model, src.shape[1])
     if src.shape[0] < max(k, config.min_inliers):
         raise RegistrationFailed(_too_few(src.shape[0], max(k, config.min_inliers), "matches", model))
-    matrix, translation = _best_hypothesis(src, dst, model, config, seed)
-    matrix, translation, inliers = _local_optimisation(src, dst, matrix, translation, model, config)
+    h = _best_hypothesis(src, dst, model, config, seed)
+    h, inliers = _local_optimisation(src, dst, h, model, config)
     n = int(inliers.sum())
     if n < config.min_inliers:
         raise RegistrationFailed(_too_few(n, config.min_inliers, "inlier matches", model))
@@ -195,7 +199,7 @@ def estimate(
             f"only {n} of {src.shape[0]} matches agree on a {model} transform "
             f"(< {100 * config.min_inlier_fraction:g}%): the images probably show no common anatomy"
         )
-    rmse = float(_squared_residuals(src, dst, matrix, translation)[inliers].mean().sqrt())
+    rmse = float(_squared_residuals(src, dst, h, model)[inliers].mean().sqrt())
     p_null = _chance_inlier_probability(dst, config.threshold_mm)
     n_eff, m_eff = n, src.shape[0]
     if config.independence_mm > 0:
@@ -205,8 +209,26 @@ def estimate(
     logger.debug(
         "estimate %s: %d/%d inliers, rmse %.3f mm, confidence %.3f", model, n, len(src), rmse, confidence
     )
-    transform = AffineTransform(matrix.numpy().copy(), translation.numpy().copy(), model)
-    return Estimate(transform, inliers, n, rmse, confidence)
+    return Estimate(_transform(h, model), inliers, n, rmse, confidence)
+
+
+def _transform(h: torch.Tensor, model: Model) -> Transform:
+    """The transform of a homogeneous matrix (d+1, d+1) fitted in ``model``."""
+    if model == "homography":
+        return HomographyTransform(h.numpy().copy())
+    d = h.shape[0] - 1
+    return AffineTransform(h[:d, :d].numpy().copy(), h[:d, d].numpy().copy(), model)
+
+
+def _fit_homogeneous(src: torch.Tensor, dst: torch.Tensor, model: Model) -> torch.Tensor:
+    """(..., d+1, d+1) homogeneous matrices of ``model`` fitted to src, dst (..., k, d)."""
+    if model == "homography":
+        return fit_homography(src, dst)
+    matrix, translation = fit(src, dst, model)
+    d = src.shape[-1]
+    h = torch.zeros(*matrix.shape[:-2], d + 1, d + 1, dtype=matrix.dtype)
+    h[..., :d, :d], h[..., :d, d], h[..., d, d] = matrix, translation, 1.0
+    return h
 
 
 def _as_points(src_mm: Points, dst_mm: Points, model: Model) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,6 +241,11 @@ def _as_points(src_mm: Points, dst_mm: Points, model: Model) -> tuple[torch.Tens
         raise ValueError("src_mm and dst_mm must be finite (no NaN or inf coordinates)")
     if model not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    if model == "homography" and src.shape[1] != 2:
+        raise InvalidConfigError(
+            f"model 'homography' is a 2D projective transform, and these points are {src.shape[1]}D: "
+            "use rigid, similarity or affine for 3D images"
+        )
     return src, dst
 
 
@@ -232,8 +259,8 @@ def _too_few(count: int, needed: int, what: str, model: Model) -> str:
 
 def _best_hypothesis(
     src: torch.Tensor, dst: torch.Tensor, model: Model, config: RansacConfig, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The minimal-sample fit (matrix (d, d), translation (d,)) with most inliers, MSAC breaking ties."""
+) -> torch.Tensor:
+    """The minimal-sample fit (homogeneous (d+1, d+1)) with most inliers, MSAC breaking ties."""
     generator = torch.Generator().manual_seed(seed)
     k = sample_size(model, src.shape[1])
     best_score, best = -math.inf, None
@@ -241,13 +268,13 @@ def _best_hypothesis(
         count = min(config.chunk, config.iterations - start)
         # Drawn with replacement: a repeated match has zero spread and is rejected as degenerate.
         sample = torch.randint(src.shape[0], (count, k), generator=generator)
-        matrix, translation = fit(src[sample], dst[sample], model)
-        score = _score(src, dst, matrix, translation, config.threshold_mm)
-        usable = ~_degenerate(torch.stack([src[sample], dst[sample]]), config.threshold_mm).any(dim=0)
+        h = _fit_homogeneous(src[sample], dst[sample], model)
+        score = _score(src, dst, h, model, config.threshold_mm)
+        usable = ~_degenerate(src[sample], dst[sample], model, config.threshold_mm)
         score = torch.where(usable & torch.isfinite(score), score, -math.inf)
         i = int(score.argmax())
         if score[i] > best_score:
-            best_score, best = float(score[i]), (matrix[i], translation[i])
+            best_score, best = float(score[i]), h[i]
     if best is None:
         raise RegistrationFailed(
             f"every sampled set of {k} matches was degenerate (collinear, or closer together than "
@@ -258,26 +285,36 @@ def _best_hypothesis(
 
 
 def _score(
-    src: torch.Tensor, dst: torch.Tensor, matrix: torch.Tensor, translation: torch.Tensor, threshold_mm: float
+    src: torch.Tensor, dst: torch.Tensor, h: torch.Tensor, model: Model, threshold_mm: float
 ) -> torch.Tensor:
     """(B,) inlier count plus a fraction < 1 that is larger for smaller truncated-quadratic (MSAC) error."""
     thr_sq = threshold_mm**2
-    residual_sq = _squared_residuals(src, dst, matrix, translation)
+    residual_sq = _squared_residuals(src, dst, h, model)
     count = (residual_sq < thr_sq).sum(dim=-1)
     msac = residual_sq.clamp(max=thr_sq).sum(dim=-1)
     return count - msac / (src.shape[0] * thr_sq + 1.0)
 
 
-def _squared_residuals(
-    src: torch.Tensor, dst: torch.Tensor, matrix: torch.Tensor, translation: torch.Tensor
-) -> torch.Tensor:
-    """Squared distances (..., M) from matrix @ src + translation to dst; src, dst (M, d)."""
+def _squared_residuals(src: torch.Tensor, dst: torch.Tensor, h: torch.Tensor, model: Model) -> torch.Tensor:
+    """Squared distances (..., M), mm^2, from the transforms h (..., d+1, d+1) of src to dst; src, dst
+    (M, d). A homography's is its transfer error (crossreg.homography.transfer_squared)."""
+    if model == "homography":
+        return transfer_squared(h, src, dst)
+    d = src.shape[1]
     # Coordinates first, (..., d, M): one GEMM for all hypotheses, and a fast sum over the short d axis.
-    difference = (matrix @ src.mT).add_(translation[..., :, None]).sub_(dst.mT)
+    difference = (h[..., :d, :d] @ src.mT).add_(h[..., :d, d:]).sub_(dst.mT)
     return difference.square_().sum(dim=-2)
 
 
-def _degenerate(points: torch.Tensor, threshold_mm: float) -> torch.Tensor:
+def _degenerate(src: torch.Tensor, dst: torch.Tensor, model: Model, threshold_mm: float) -> torch.Tensor:
+    """(B,) whether samples src, dst (B, k, d) are degenerate (see :func:`_thin`; homographies:
+    crossreg.homography.degenerate_quads, with the same fraction of the threshold)."""
+    if model == "homography":
+        return degenerate_quads(src, dst, _MIN_SPREAD_FRACTION * threshold_mm)
+    return _thin(torch.stack([src, dst]), threshold_mm).any(dim=0)
+
+
+def _thin(points: torch.Tensor, threshold_mm: float) -> torch.Tensor:
     """(..., B) whether samples (..., B, k, d) are near-collinear or near-duplicate, given the threshold.
 
     The k points must span k - 1 dimensions: the RMS distance of the points from their best-fitting
@@ -291,29 +328,26 @@ def _degenerate(points: torch.Tensor, threshold_mm: float) -> torch.Tensor:
 
 
 def _local_optimisation(
-    src: torch.Tensor,
-    dst: torch.Tensor,
-    matrix: torch.Tensor,
-    translation: torch.Tensor,
-    model: Model,
-    config: RansacConfig,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Re-fit on all inliers until the inlier set is stable: matrix, translation, inliers (M,) bool.
+    src: torch.Tensor, dst: torch.Tensor, h: torch.Tensor, model: Model, config: RansacConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-fit on all inliers until the inlier set is stable: homogeneous matrix, inliers (M,) bool.
 
     Each re-fit minimises the squared residuals of the current inliers, all below threshold, so the
     truncated-quadratic (MSAC) cost never rises: the loop cannot make the hypothesis worse, and on clean
-    data it reaches the same inlier set, hence the same fit, whatever hypothesis it starts from.
+    data it reaches the same inlier set, hence the same fit, whatever hypothesis it starts from. (A
+    homography's re-fit minimises the algebraic error of normalised DLT, close to the transfer error
+    at inlier residuals.)
     """
     thr_sq = config.threshold_mm**2
-    inliers = _squared_residuals(src, dst, matrix, translation) < thr_sq
+    inliers = _squared_residuals(src, dst, h, model) < thr_sq
     for _ in range(config.refine_iterations):
         if int(inliers.sum()) < sample_size(model, src.shape[1]):
             break
-        matrix, translation = fit(src[inliers], dst[inliers], model)
-        previous, inliers = inliers, _squared_residuals(src, dst, matrix, translation) < thr_sq
+        h = _fit_homogeneous(src[inliers], dst[inliers], model)
+        previous, inliers = inliers, _squared_residuals(src, dst, h, model) < thr_sq
         if torch.equal(inliers, previous):
             break
-    return matrix, translation, inliers
+    return h, inliers
 
 
 def _chance_inlier_probability(dst: torch.Tensor, threshold_mm: float) -> float:

@@ -114,6 +114,11 @@ def plan_pair(fixed: Image, moving: Image, config: RegisterConfig, features: Fea
     """The plan for registering ``moving`` to ``fixed`` with ``features`` under ``config``."""
     if fixed.ndim != moving.ndim:
         raise DimensionMismatchError(f"fixed image is {fixed.ndim}D but moving image is {moving.ndim}D")
+    if config.model == "homography" and fixed.ndim != 2:
+        raise InvalidConfigError(
+            f"model 'homography' is a 2D projective transform, and these images are {fixed.ndim}D: "
+            "use --model rigid, similarity or affine"
+        )
     log.info("fixed %s; moving %s", fixed.summary(), moving.summary())
     learned = uses_matcher2d(config, fixed.ndim)
     size = WORKING_PIXELS if learned else None

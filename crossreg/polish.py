@@ -13,17 +13,20 @@ from crossreg.estimate import Estimate
 from crossreg.image import Image
 from crossreg.plan import Plan
 from crossreg.refine import refine
-from crossreg.transform import AffineTransform
+from crossreg.transform import Transform
 
 log = logging.getLogger(__name__)
 
 
 def polish(
     fixed: Image, moving: Image, found: Estimate, pairs: Correspondences, plan: Plan, config: RegisterConfig
-) -> AffineTransform:
-    """``found.transform`` refined by ``config.refine`` (unchanged if None), or kept where refinement
-    jumps away from the inliers."""
+) -> Transform:
+    """``found.transform`` refined by ``config.refine`` (unchanged if None, and for a homography), or
+    kept where refinement jumps away from the inliers."""
     if config.refine is None:
+        return found.transform
+    if config.model == "homography":
+        log.info("intensity refinement refines rigid, similarity and affine transforms: kept the homography")
         return found.transform
     refined = refine(fixed, moving, found.transform, config.model, config.refine, config.device).transform
     inliers_mm = pairs.fixed_mm[found.inliers.cpu()].numpy()
@@ -31,8 +34,8 @@ def polish(
 
 
 def kept_refinement(
-    ransac: AffineTransform, refined: AffineTransform, inliers_mm: np.ndarray, threshold_mm: float
-) -> AffineTransform:
+    ransac: Transform, refined: Transform, inliers_mm: np.ndarray, threshold_mm: float
+) -> Transform:
     """``refined``, unless it moves an inlier point ``(K, d)`` further than ``threshold_mm`` from where
     the matches put it: refinement polishes, and a jump that far means the intensity metric found
     another optimum (seen on CT, where soft tissue is flat), not a better one."""

@@ -2,7 +2,8 @@
 
 One affine chain does all of it: target index -> world -> transform -> source world -> source index,
 folded into the normalised ``theta`` that ``torch.nn.functional.affine_grid`` takes. The same code is
-differentiable in the transform, which is what intensity refinement optimises.
+differentiable in the transform, which is what intensity refinement optimises. A homography makes the
+chain projective: its last row then divides the coordinates affine_grid gives.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from crossreg.image import Grid, Image, axis_aligned_grid, fov_mask, robust_normalize
-from crossreg.transform import AffineTransform
+from crossreg.transform import AffineTransform, Transform
 
 
 def _normalizer(grid: Grid) -> np.ndarray:
@@ -34,6 +35,12 @@ def sampling_theta(target: Grid, source: Grid, transform_h: torch.Tensor) -> tor
     transform_h: ``(d+1, d+1)`` homogeneous world transform (target world -> source world), any dtype;
     gradients flow through it.
     """
+    return sampling_matrix(target, source, transform_h)[:-1]
+
+
+def sampling_matrix(target: Grid, source: Grid, transform_h: torch.Tensor) -> torch.Tensor:
+    """``(d+1, d+1)`` homogeneous map of target normalised coords to source normalised coords; its last
+    row is ``(0, ..., 0, 1)`` unless ``transform_h`` is projective (a homography)."""
     dt, dev = transform_h.dtype, transform_h.device
     left = torch.as_tensor(
         _normalizer(source) @ np.linalg.inv(source.index_to_world_matrix()), dtype=dt, device=dev
@@ -41,24 +48,31 @@ def sampling_theta(target: Grid, source: Grid, transform_h: torch.Tensor) -> tor
     right = torch.as_tensor(
         target.index_to_world_matrix() @ np.linalg.inv(_normalizer(target)), dtype=dt, device=dev
     )
-    return (left @ transform_h @ right)[:-1]
+    return left @ transform_h @ right
 
 
 def sample_tensor(
     volume: torch.Tensor, target: Grid, source: Grid, transform_h: torch.Tensor, mode: str = "bilinear"
 ) -> torch.Tensor:
-    """Sample ``volume`` ``(C, *source.shape)`` on ``target``; gives ``(C, *target.shape)``, zeros outside."""
-    theta = sampling_theta(target, source, transform_h).to(volume.dtype)
+    """Sample ``volume`` ``(C, *source.shape)`` on ``target``; gives ``(C, *target.shape)``, zeros outside.
+
+    transform_h: ``(d+1, d+1)`` homogeneous target world -> source world transform, affine or projective.
+    """
+    m = sampling_matrix(target, source, transform_h).to(volume.dtype)
+    size = [1, volume.shape[0], *target.shape]
     with warnings.catch_warnings():
         # Unit-size axes are handled by _normalizer (placed at 0, as affine_grid does).
         warnings.filterwarnings("ignore", message=".*unit-size grids.*")
-        coords = F.affine_grid(theta[None], [1, volume.shape[0], *target.shape], align_corners=True)
+        coords = F.affine_grid(m[None, :-1], size, align_corners=True)
+        if not torch.equal(transform_h[-1].to(m), torch.eye(len(m), dtype=m.dtype, device=m.device)[-1]):
+            identity = torch.eye(len(m), dtype=m.dtype, device=m.device)[None, :-1]
+            w = F.affine_grid(identity, size, align_corners=True) @ m[-1, :-1] + m[-1, -1]
+            # Points beyond the horizon (w <= 0) have no image: send them outside the source.
+            coords = torch.where(w[..., None] > 0, coords / w[..., None], 2.0)
     return F.grid_sample(volume[None], coords, mode=mode, padding_mode="zeros", align_corners=True)[0]
 
 
-def resample(
-    image: Image, target: Grid, transform: AffineTransform | None = None, mode: str = "bilinear"
-) -> Image:
+def resample(image: Image, target: Grid, transform: Transform | None = None, mode: str = "bilinear") -> Image:
     """``image`` sampled on ``target``; ``transform`` maps target world points to ``image`` world points.
 
     The result's mask marks target voxels that fall inside the image (and inside its mask).

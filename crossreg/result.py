@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 
 from crossreg.image import Image
-from crossreg.transform import AffineTransform
+from crossreg.transform import AffineTransform, Transform
 
 
 @dataclass(frozen=True, eq=False)
 class Result:
     """A registration of ``moving`` onto ``fixed``."""
 
-    transform: AffineTransform  # fixed -> moving, what SimpleITK.Resample(moving, fixed, T) takes
-    ransac_transform: AffineTransform  # what the matches gave, before intensity refinement
+    transform: Transform  # fixed -> moving, what SimpleITK.Resample(moving, fixed, T) takes
+    ransac_transform: Transform  # what the matches gave, before intensity refinement
     fixed_points_mm: np.ndarray  # (M, d) matched points, world mm LPS
     moving_points_mm: np.ndarray  # (M, d)
     inliers: np.ndarray  # (M,) bool, matches consistent with ransac_transform
@@ -44,12 +44,21 @@ class Result:
 
     def summary(self) -> str:
         """One line a user acts on."""
-        t = self.transform
         return (
             f"{self.n_inliers}/{self.n_matches} inlier matches, confidence {self.confidence:.2f}, "
-            f"round trip {100 * self.round_trip:.0f}%, rotation {t.rotation_deg():.1f} deg, "
-            f"translation {np.linalg.norm(t.translation_mm):.1f} mm, {sum(self.timings_s.values()):.1f} s"
+            f"round trip {100 * self.round_trip:.0f}%, {self._motion()}, {sum(self.timings_s.values()):.1f} s"
         )
+
+    def _motion(self) -> str:
+        """Rotation and translation of an affine transform; for a homography, how far it moves the
+        fixed image's centre."""
+        t = self.transform
+        if isinstance(t, AffineTransform):
+            shift = np.linalg.norm(t.translation_mm)
+            return f"rotation {t.rotation_deg():.1f} deg, translation {shift:.1f} mm"
+        centre = self.fixed.grid.center_mm()[None]
+        shift = np.linalg.norm(t.apply(centre) - centre)
+        return f"homography moving the fixed image centre {shift:.1f} mm"
 
     def save(
         self,

@@ -1,17 +1,28 @@
 """The files a registration writes: ITK transform, resampled image, QA figure, matches with Slicer
 markups. All of them or none: each file is written atomically (crossreg.outputs), and when one fails
-(or the run is interrupted) the files already written are removed again."""
+(or the run is interrupted) the files already written are removed again.
+
+ITK has no homography transform file. A homography is written as JSON (``T.json``: the 3 x 3 matrix,
+fixed to moving, mm, LPS) and, beside it, as a displacement field on the fixed image's grid
+(``T_field.nii.gz``), which SimpleITK, ANTs and 3D Slicer apply as a transform."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from crossreg import markups
+from crossreg.errors import OutputWriteError
 from crossreg.imageio import save
+from crossreg.outputs import atomic_write, atomic_write_text
 from crossreg.result import Result
+from crossreg.transform import AffineTransform, Model, displacement_field
 from crossreg.viz import save_qa
+
+#: Transform file suffixes ``crossreg register --out`` takes, per kind of model.
+TRANSFORM_SUFFIXES = {"linear": (".tfm", ".txt"), "homography": (".json",)}
 
 
 def write_result(
@@ -21,8 +32,10 @@ def write_result(
     qa_path: str | Path | None = None,
     matches_path: str | Path | None = None,
 ) -> list[Path]:
-    """Write the transform (ITK .tfm) and, if paths are given, the resampled image, QA figure and
-    matches (CSV plus Slicer ``*_fixed.mrk.json`` / ``*_moving.mrk.json`` beside it); the paths."""
+    """Write the transform (ITK .tfm; a homography: JSON plus displacement field, :func:`transform_files`)
+    and, if paths are given, the resampled image, QA figure and matches (CSV plus Slicer
+    ``*_fixed.mrk.json`` / ``*_moving.mrk.json`` beside it); the paths."""
+    check_transform_path(transform_path, result.transform.model)
     written: list[Path] = []
     try:
         _write_all(result, written, transform_path, resampled_path, qa_path, matches_path)
@@ -31,6 +44,44 @@ def write_result(
             path.unlink(missing_ok=True)
         raise
     return written
+
+
+def check_transform_path(path: str | Path, model: Model) -> None:
+    """Raise OutputWriteError unless ``path`` names a file the transform of ``model`` is written as."""
+    kind = "homography" if model == "homography" else "linear"
+    if not Path(path).name.lower().endswith(TRANSFORM_SUFFIXES[kind]):
+        hint = (
+            "ITK has no homography transform file: ask for T.json, and crossreg writes T.json (the 3 x 3 "
+            "matrix) and T_field.nii.gz (a displacement field SimpleITK, ANTs and 3D Slicer apply)"
+            if kind == "homography"
+            else "a linear transform is written as an ITK text transform (.tfm or .txt)"
+        )
+        raise OutputWriteError(f"cannot write the {model} transform to {path}: {hint}")
+
+
+def transform_files(path: str | Path, model: Model) -> list[Path]:
+    """The files a transform of ``model`` is written to: ``path``, and for a homography its
+    displacement field beside it (``T.json`` -> ``T_field.nii.gz``)."""
+    path = Path(path)
+    if model != "homography":
+        return [path]
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    return [path, path.with_name(f"{stem}_field.nii.gz")]
+
+
+def _write_transform(result: Result, path: Path, written: list[Path]) -> None:
+    """Write the transform (:func:`transform_files`), appending each path as soon as it exists."""
+    t = result.transform
+    if isinstance(t, AffineTransform):
+        t.save(path)
+        written.append(path)
+        return
+    json_path, field_path = transform_files(path, t.model)
+    atomic_write_text(json_path, t.to_json())
+    written.append(json_path)
+    field = displacement_field(t, result.fixed.grid)
+    atomic_write(field_path, lambda tmp: sitk.WriteImage(field, str(tmp), useCompression=True))
+    written.append(field_path)
 
 
 def companion_paths(matches_path: str | Path) -> list[Path]:
@@ -49,8 +100,7 @@ def _write_all(
     matches_path: str | Path | None,
 ) -> None:
     """Write each output, appending its path to ``written`` as soon as it exists."""
-    result.transform.save(transform_path)
-    written.append(Path(transform_path))
+    _write_transform(result, Path(transform_path), written)
     if resampled_path is not None:
         save(result.resampled(), resampled_path)
         written.append(Path(resampled_path))

@@ -1,24 +1,27 @@
-"""Linear transforms in world millimetres (LPS) and their ITK files.
+"""Linear transforms and 2D homographies in world millimetres (LPS), and their files.
 
 The one convention of crossreg: **a registration transform maps fixed-image points to moving-image
 points**, ``p_moving = matrix @ p_fixed + translation_mm``. That is the transform
 ``SimpleITK.Resample(moving, fixed, T)`` takes, what ANTs calls the forward transform of
 ``antsApplyTransforms -r fixed -i moving -t T``, and what 3D Slicer loads as the resampling transform
 ("transform from parent") of the moving image. Written files are ITK text transforms
-(``AffineTransform_double_D_D``, centre 0), which all three read.
+(``AffineTransform_double_D_D``, centre 0), which all three read. A homography, which ITK has no file
+for, is written as JSON and as a displacement field (:func:`displacement_field`) that all three apply.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from crossreg.errors import TransformIOError
+from crossreg.image import Grid
 
-Model = Literal["rigid", "similarity", "affine"]
+Model = Literal["rigid", "similarity", "affine", "homography"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,6 +76,88 @@ class AffineTransform:
         from crossreg.outputs import atomic_write_text
 
         atomic_write_text(path, to_itk_text(self))
+
+
+@dataclass(frozen=True, eq=False)
+class HomographyTransform:
+    """A 2D projective transform on world points: ``x -> (H[:2] @ [x, 1]) / (H[2] @ [x, 1])``.
+
+    matrix: ``(3, 3)`` homogeneous matrix ``H`` (scaled so that ``H[2, 2] = 1`` where possible), fixed
+    world mm (LPS) to moving world mm for a registration, as every crossreg transform. ITK has no
+    homography transform file: :mod:`crossreg.result_files` writes it as JSON and as a displacement field.
+    """
+
+    matrix: np.ndarray
+    model: ClassVar[Model] = "homography"
+
+    def __post_init__(self) -> None:
+        if np.shape(self.matrix) != (3, 3):
+            raise ValueError(f"a homography is a (3, 3) matrix, got shape {np.shape(self.matrix)}")
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def homogeneous(self) -> np.ndarray:
+        """``(3, 3)`` homogeneous matrix (``H`` itself): what resampling chains with the grids."""
+        return self.matrix
+
+    def apply(self, points_mm: np.ndarray) -> np.ndarray:
+        """Transformed points ``(N, 2)`` for world points ``(N, 2)``."""
+        mapped = np.asarray(points_mm, float) @ self.matrix[:, :2].T + self.matrix[:, 2]
+        return mapped[:, :2] / mapped[:, 2:]
+
+    def inverse(self) -> HomographyTransform:
+        """The homography that undoes this one (moving -> fixed for a registration result)."""
+        inv = np.linalg.inv(self.matrix)
+        return HomographyTransform(inv / inv[2, 2] if abs(inv[2, 2]) > 1e-12 else inv)
+
+    def to_json(self) -> str:
+        """The matrix as JSON: model, direction (fixed to moving), units (mm), space (LPS), matrix."""
+        content = {
+            "model": "homography",
+            "direction": "fixed_to_moving",
+            "units": "mm",
+            "space": "LPS",
+            "matrix": self.matrix.tolist(),
+        }
+        return json.dumps(content, indent=2) + "\n"
+
+
+#: Any transform crossreg estimates: fixed world mm -> moving world mm.
+Transform = AffineTransform | HomographyTransform
+
+
+def read_homography(path: str | Path) -> HomographyTransform:
+    """Read a homography JSON file written by crossreg (:meth:`HomographyTransform.to_json`)."""
+    try:
+        content = json.loads(Path(path).read_text())
+        matrix = np.array(content["matrix"], float)
+        if content.get("model") != "homography" or content.get("direction") != "fixed_to_moving":
+            raise ValueError("not a crossreg fixed-to-moving homography")
+        return HomographyTransform(matrix)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise TransformIOError(f"cannot read homography {path}: {err}") from None
+
+
+def displacement_field(t: HomographyTransform, grid: Grid):
+    """A SimpleITK 2-component float64 vector image on ``grid``: the displacement ``t(x) - x`` (mm) at
+    every pixel centre ``x``, ITK's displacement field convention (the moving point is ``x + d(x)``).
+
+    ``sitk.DisplacementFieldTransform`` of it maps fixed to moving points as ``t`` does, interpolating
+    linearly between pixel centres and not moving points outside ``grid``.
+    """
+    import SimpleITK as sitk
+
+    ny, nx = grid.shape
+    index_xyz = np.stack(np.meshgrid(np.arange(nx), np.arange(ny)), axis=-1).reshape(-1, 2)
+    points = grid.index_to_world(index_xyz)
+    field = (t.apply(points) - points).reshape(ny, nx, 2)
+    image = sitk.GetImageFromArray(field, isVector=True)
+    image.SetSpacing([float(s) for s in grid.spacing_mm])
+    image.SetOrigin([float(o) for o in grid.origin_mm])
+    image.SetDirection(np.asarray(grid.direction, float).ravel().tolist())
+    return image
 
 
 def compose(*transforms: AffineTransform) -> AffineTransform:

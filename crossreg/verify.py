@@ -28,7 +28,7 @@ from crossreg.image import Image
 from crossreg.matching import MatchConfig, match
 from crossreg.plan import Plan
 from crossreg.resample import resample
-from crossreg.transform import AffineTransform
+from crossreg.transform import Transform
 
 #: A transform that overlaps less of the smaller field of view than this leaves nothing to register.
 MIN_OVERLAP_FRACTION = 0.01
@@ -71,7 +71,7 @@ def verify(found: Estimate, pairs: Correspondences, plan: Plan, min_confidence: 
 
 
 def round_trip(
-    start: Described, other: Description, to_other: AffineTransform, points_mm: torch.Tensor
+    start: Described, other: Description, to_other: Transform, points_mm: torch.Tensor
 ) -> RoundTrip:
     """``points_mm`` ``(N, d)`` of the described image ``start``, each carried into the other image by
     ``to_other``, described there, and matched back to the nearest in descriptor of ``start``'s
@@ -82,7 +82,7 @@ def round_trip(
     return RoundTrip(back, torch.linalg.norm(back - points_mm.double(), dim=1))
 
 
-def overlap_mask(fixed: Image, moving: Image, transform: AffineTransform) -> np.ndarray:
+def overlap_mask(fixed: Image, moving: Image, transform: Transform) -> np.ndarray:
     """Bool array on the fixed working grid: voxels in both fields of view under ``transform``
     (fixed -> moving); raises NoOverlapError if (almost) none."""
     landed = resample(moving, fixed.grid, transform).mask & fixed.valid_mask()

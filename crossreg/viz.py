@@ -27,7 +27,7 @@ from crossreg.errors import DimensionMismatchError
 from crossreg.image import Grid, Image, axis_aligned_grid, fov_mask, robust_normalize
 from crossreg.outputs import atomic_write
 from crossreg.resample import resample
-from crossreg.transform import AffineTransform
+from crossreg.transform import AffineTransform, Transform
 
 if TYPE_CHECKING:
     from crossreg.locate import Located
@@ -75,7 +75,7 @@ class PlaneView:
 
 
 def plane_views(
-    fixed: Image, moving: Image, transform: AffineTransform, center_mm: np.ndarray | None = None
+    fixed: Image, moving: Image, transform: Transform, center_mm: np.ndarray | None = None
 ) -> list[PlaneView]:
     """The displayed planes (3D: axial, coronal, sagittal through ``center_mm``; 2D: the image).
 
@@ -168,7 +168,7 @@ def _letters(right: tuple[float, ...], down: tuple[float, ...]) -> Letters:
     return letter(-r), letter(r), letter(-d), letter(d)
 
 
-def _sample(image: Image, grid: Grid, transform: AffineTransform | None) -> np.ndarray:
+def _sample(image: Image, grid: Grid, transform: Transform | None) -> np.ndarray:
     """``(H, W)`` slice of ``image`` on ``grid`` (3D: its middle slice), 0 outside the image."""
     out = resample(image, grid, transform)
     values = np.where(out.mask, out.array, 0.0)
@@ -178,7 +178,7 @@ def _sample(image: Image, grid: Grid, transform: AffineTransform | None) -> np.n
 def qa_figure(
     fixed: Image,
     moving: Image,
-    transform: AffineTransform,
+    transform: Transform,
     matches: Matches | None = None,
     title: str = "",
     center_mm: np.ndarray | None = None,
@@ -226,7 +226,7 @@ def save_qa(
     path: str | Path,
     fixed: Image,
     moving: Image,
-    transform: AffineTransform,
+    transform: Transform,
     matches: Matches | None = None,
     title: str = "",
     center_mm: np.ndarray | None = None,
@@ -280,9 +280,7 @@ def _show_board(ax: Axes, view: PlaneView, moving: np.ndarray, tile_px: int) -> 
     _scalebar(ax, view.fixed.shape, view.grid.spacing_mm[0])
 
 
-def _show_matches(
-    ax: Axes, view: PlaneView, matches: Matches, transform: AffineTransform, slab_mm: float
-) -> None:
+def _show_matches(ax: Axes, view: PlaneView, matches: Matches, transform: Transform, slab_mm: float) -> None:
     """Fixed and moving-through-T slices side by side, joined by lines for matches near the plane."""
     h, w = view.fixed.shape
     gap = _gap(view)
@@ -331,22 +329,30 @@ def _scalebar(ax: Axes, shape: tuple[int, int], spacing: float) -> None:
     ax.text(x, y - 0.02 * h, f"{length_mm} mm", color="white", fontsize=7, va="bottom")
 
 
+def _motion(transform: Transform) -> str:
+    """Rotation, translation (and scale) of an affine transform; the perspective terms of a homography."""
+    if not isinstance(transform, AffineTransform):
+        h = transform.matrix
+        return f"perspective terms ({h[2, 0]:.2g}, {h[2, 1]:.2g}) /mm"
+    vec = ", ".join(f"{v:+.1f}" for v in transform.translation_mm)
+    facts = f"rotation {transform.rotation_deg():.1f}°, translation ({vec}) mm"
+    if transform.model != "rigid":
+        s = np.linalg.svd(transform.matrix, compute_uv=False)
+        facts += f", scale {s.min():.3f}–{s.max():.3f}"
+    return facts
+
+
 def _summary(
-    transform: AffineTransform,
+    transform: Transform,
     matches: Matches | None,
     center_mm: np.ndarray,
     slab_mm: float,
     width_in: float,
 ) -> str:
     """Facts under the figure, wrapped to its width: transform, matches, display convention."""
-    vec = ", ".join(f"{v:+.1f}" for v in transform.translation_mm)
     where = ", ".join(f"{v:.1f}" for v in center_mm)
     shift = np.linalg.norm(transform.apply(center_mm[None])[0] - center_mm)
-    facts = f"T fixed→moving ({transform.model}): rotation {transform.rotation_deg():.1f}°"
-    facts += f", translation ({vec}) mm"
-    if transform.model != "rigid":
-        s = np.linalg.svd(transform.matrix, compute_uv=False)
-        facts += f", scale {s.min():.3f}–{s.max():.3f}"
+    facts = f"T fixed→moving ({transform.model}): {_motion(transform)}"
     lines = [f"{facts}; moves the display centre ({where}) mm LPS by {shift:.1f} mm"]
     if matches is not None:
         n, k = len(matches[2]), int(matches[2].sum())

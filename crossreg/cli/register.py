@@ -29,7 +29,10 @@ def register(
     out: Annotated[
         Path,
         typer.Option(
-            "--out", "-o", help="Transform to write (ITK .tfm), mapping FIXED points to MOVING points."
+            "--out",
+            "-o",
+            help="Transform to write, mapping FIXED points to MOVING points: ITK .tfm; with --model "
+            "homography T.json (the 3 x 3 matrix), plus the displacement field T_field.nii.gz beside it.",
         ),
     ],
     resampled: Annotated[
@@ -42,7 +45,9 @@ def register(
         Path | None,
         typer.Option(help="Also write matches as CSV (world mm, LPS) plus Slicer *_fixed/_moving.mrk.json."),
     ] = None,
-    model: Annotated[ModelName, typer.Option(help="Transform family.")] = "rigid",
+    model: Annotated[
+        ModelName, typer.Option(help="Transform family; homography (2D only): a projective transform.")
+    ] = "rigid",
     features: Annotated[
         FeatureName,
         typer.Option(help="Descriptors: mind (any modality pair) or crosskey (learned, MRI <-> ultrasound)."),
@@ -78,12 +83,12 @@ def register(
     from crossreg.outputs import check_outputs, check_suffix
     from crossreg.refine import RefineConfig
     from crossreg.register import register as run_register
-    from crossreg.result_files import companion_paths
+    from crossreg.result_files import check_transform_path, companion_paths, transform_files
     from crossreg.viz import qa_suffixes
 
-    planned = [out, resampled, qa, matches, *(companion_paths(matches) if matches else [])]
-    check_outputs(planned, force)
-    check_suffix(out, (".tfm", ".txt"), "ITK text transform")
+    companions = companion_paths(matches) if matches else []
+    check_outputs([*transform_files(out, model), resampled, qa, matches, *companions], force)
+    check_transform_path(out, model)
     check_suffix(qa, qa_suffixes(), "figure")
     check_device(device)
     config = RegisterConfig(
@@ -101,9 +106,9 @@ def register(
     check_suffix(resampled, SAVE_SUFFIXES[fixed_img.ndim], f"{fixed_img.ndim}D image")
     with console.status("registering") as status:
         result = run_register(fixed_img, moving_img, config, on_stage=lambda s: status.update(s))
-    result.save(out, resampled, qa, matches)
+    written = result.save(out, resampled, qa, matches)
     console.print(result.summary(), highlight=False)
-    console.print(f"wrote {out}" + "".join(f", {p}" for p in (resampled, qa, matches) if p), highlight=False)
+    console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
 
 
 @app.command()

@@ -17,7 +17,7 @@ from crossreg.errors import EmptyRegionError, InvalidImageError
 from crossreg.filters import erode, gaussian_blur
 from crossreg.image import Grid, Image, fov_mask, from_array
 from crossreg.resample import resample
-from crossreg.transform import AffineTransform, compose
+from crossreg.transform import AffineTransform, Transform, compose
 
 Axis = Literal["axial", "coronal", "sagittal"]
 _WORLD_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}  # LPS: x, y, z
@@ -107,7 +107,7 @@ def covering_grid(
     )
 
 
-def move(image: Image, transform: AffineTransform, spacing_mm: tuple[float, ...] | None = None) -> Image:
+def move(image: Image, transform: Transform, spacing_mm: tuple[float, ...] | None = None) -> Image:
     """``image`` moved by ``transform``: what it shows at point ``p`` appears at ``transform(p)``.
 
     The result keeps the image's direction, lies on a grid covering the moved image, and is sampled
