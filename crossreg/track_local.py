@@ -152,7 +152,9 @@ def track_lesions(
         raise CrossregError(f"{len(centres_mm)} lesion centres but radii of shape {radii.shape}")
     radii = np.where(np.isfinite(radii) & (radii > 0), radii, config.default_radius_mm)
     base, follow = robust_normalize(baseline), robust_normalize(followup)
-    tracked = [track_one(base, follow, transform, c, r, config) for c, r in zip(centres_mm, radii, strict=True)]
+    tracked = [
+        track_one(base, follow, transform, c, r, config) for c, r in zip(centres_mm, radii, strict=True)
+    ]
     found = np.array([t[0] for t in tracked]).reshape(-1, 3)
     score, trips = (np.array([t[k] for t in tracked]) for k in (1, 2))
     return Located(transform.apply(found), 1.0 - score, trips, trips <= config.round_trip_mm)
