@@ -151,7 +151,8 @@ def track_lesions(
     if radii.shape != (len(centres_mm),):
         raise CrossregError(f"{len(centres_mm)} lesion centres but radii of shape {radii.shape}")
     radii = np.where(np.isfinite(radii) & (radii > 0), radii, config.default_radius_mm)
-    base, follow = robust_normalize(baseline), robust_normalize(followup)
+    # MIND-SSC ignores the intensity scale, but clipping the brightest voxels can erase a bright lesion.
+    base, follow = (robust_normalize(image, 0.0, 100.0) for image in (baseline, followup))
     tracked = [
         track_one(base, follow, transform, c, r, config) for c, r in zip(centres_mm, radii, strict=True)
     ]
