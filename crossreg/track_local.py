@@ -6,17 +6,20 @@ lesion that grows eccentrically moves against its surroundings. Each lesion is t
 its own appearance, close to where the rigid transform puts it:
 
 1. both scans are cropped around the lesion on a ``spacing_mm`` grid in the baseline's frame (the
-   follow-up pulled through the rigid transform), and described by MIND-SSC (modality independent);
+   follow-up pulled through the rigid transform; intensities scaled without clipping, which would
+   flatten a bright lesion), and described by MIND-SSC (modality independent);
 2. a ball of lattice points (radius: the lesion's radius + ``margin_mm``, spacing ``lattice_mm``) is
-   compared with the follow-up shifted by every whole ``step_mm`` offset within ``search_mm``: the
-   mean squared difference of the descriptors, smallest wins;
+   compared with the follow-up shifted by offsets within ``search_mm`` and scaled by each of
+   ``scales`` (a lesion that grows pushes its surroundings out: the same ball unscaled would see
+   only the inside of the grown lesion): the mean squared difference of the descriptors, smallest
+   wins. Offsets every ``2 * step_mm`` first, then every ``step_mm`` around the best;
 3. a parabola through the best offset and its axis neighbours gives the sub-step position;
-4. the fixed-point test: the ball around the found place, searched back in the baseline the same
-   way, must come back within ``round_trip_mm`` of the lesion centre, or the lesion is unreliable
-   (as in :mod:`crossreg.locate`).
+4. the fixed-point test: the ball at the follow-up's size around the found place, searched back in
+   the baseline the same way (inverse scales), must come back within ``round_trip_mm`` of the lesion
+   centre, or the lesion is unreliable (as in :mod:`crossreg.locate`).
 
 The found point goes back to the follow-up's world through the rigid transform. Only the crop is
-described (a few hundred thousand voxels per lesion), so a lesion costs well under a second.
+described (up to about 90^3 voxels per lesion), so the registration costs more than the lesions.
 """
 
 from __future__ import annotations
@@ -39,11 +42,15 @@ class LocalTrackConfig:
     """The patch search of :func:`track_lesions`; lengths in mm."""
 
     spacing_mm: float = 1.0  # grid of the cropped scans and their MIND-SSC maps
-    margin_mm: float = 3.0  # the compared ball reaches this far beyond the lesion's radius
+    # The compared ball reaches this far beyond the lesion's radius: enough surroundings that a small
+    # lesion is not matched to another blob (3 mm did that to lesions of 3-4 mm).
+    margin_mm: float = 5.0
     default_radius_mm: float = 5.0  # lesion radius when none is given
     lattice_mm: float = 2.0  # spacing of the compared points inside the ball
     search_mm: float = 8.0  # offsets searched: a ball of this radius around the rigid guess
-    step_mm: float = 1.0  # spacing of the searched offsets (then refined by a parabola)
+    step_mm: float = 1.0  # offsets searched every 2 steps, then every step around the best, then a parabola
+    # The ball is also compared scaled by each of these in the follow-up: lesions grow and shrink.
+    scales: tuple[float, ...] = (0.64, 0.8, 1.0, 1.25, 1.5625)
     round_trip_mm: float = 4.0  # a search back ending further from the lesion centre is unreliable
     chunk: int = 256  # offsets scored at once (memory: chunk x points x 24 channels)
 
@@ -51,6 +58,8 @@ class LocalTrackConfig:
         lengths = (self.spacing_mm, self.default_radius_mm, self.lattice_mm, self.search_mm, self.step_mm)
         if min(lengths) <= 0 or self.margin_mm < 0 or self.round_trip_mm <= 0 or self.chunk < 1:
             raise InvalidConfigError(f"LocalTrackConfig needs positive lengths and chunk: {self}")
+        if not self.scales or min(self.scales) <= 0:
+            raise InvalidConfigError(f"LocalTrackConfig needs at least one scale, all positive: {self}")
 
 
 def ball_offsets(radius_mm: float, spacing_mm: float) -> torch.Tensor:
@@ -65,18 +74,23 @@ def patch_cost(
     fixed: torch.Tensor,
     moving: torch.Tensor,
     grid,
-    patch_mm: torch.Tensor,
+    centre_mm: torch.Tensor,
+    offsets_mm: torch.Tensor,
     shifts_mm: torch.Tensor,
+    scales: torch.Tensor,
     chunk: int,
 ) -> torch.Tensor:
     """``(S,)`` mean squared difference between the maps ``fixed`` ``(C, *grid.shape)`` at the points
-    ``patch_mm`` ``(P, 3)`` and ``moving`` (same grid) at the points moved by each of ``shifts_mm``
-    ``(S, 3)``, in blocks of ``chunk`` shifts."""
+    ``centre_mm + offsets_mm`` ``(P, 3)`` and ``moving`` (same grid) at ``centre_mm + shifts_mm[s] +
+    scales[s] * offsets_mm`` (``(S, 3)``, ``(S,)``), in blocks of ``chunk`` candidates."""
     # float32 points: sample_world casts the maps to the points' dtype.
-    a = sample_world(fixed, grid, patch_mm.float())[:, None]  # (C, 1, P)
+    a = sample_world(fixed, grid, (centre_mm + offsets_mm).float())[:, None]  # (C, 1, P)
     costs = [
-        ((sample_world(moving, grid, (patch_mm + block[:, None]).float()) - a) ** 2).mean(dim=(0, 2))
-        for block in shifts_mm.split(chunk)
+        (
+            (sample_world(moving, grid, (centre_mm + t[:, None] + g[:, None, None] * offsets_mm).float()) - a)
+            ** 2
+        ).mean(dim=(0, 2))
+        for t, g in zip(shifts_mm.split(chunk), scales.split(chunk), strict=True)
     ]
     return torch.cat(costs)
 
@@ -90,19 +104,27 @@ def _parabola(best_mm: torch.Tensor, cost: torch.Tensor, sides: torch.Tensor, st
     return best_mm + step_mm * torch.where(curvature > 0, vertex, torch.zeros_like(vertex)).to(best_mm)
 
 
-def search_shift(
-    fixed: torch.Tensor, moving: torch.Tensor, grid, centre_mm: torch.Tensor, radius_mm: float, config
-) -> tuple[torch.Tensor, float]:
+def search_shift(fixed, moving, grid, centre_mm: torch.Tensor, radius_mm: float, scales, config):
     """``(3,)`` the offset that best carries the ball of ``radius_mm`` around ``centre_mm`` ``(3,)`` of
-    the maps ``fixed`` into ``moving`` (both ``(C, *grid.shape)``), searched then refined, and its
-    cost."""
-    patch = centre_mm + ball_offsets(radius_mm, config.lattice_mm)
-    shifts = ball_offsets(config.search_mm, config.step_mm)
-    cost = patch_cost(fixed, moving, grid, patch, shifts, config.chunk)
+    the maps ``fixed`` into ``moving`` (both ``(C, *grid.shape)``), the ball scaled by the best of
+    ``scales`` ``(G,)``, that scale and the cost: every scale on a lattice of twice ``step_mm``, then
+    the best scale on ``step_mm`` around the best, then a parabola."""
+    offsets, step = ball_offsets(radius_mm, config.lattice_mm), config.step_mm
+    coarse = ball_offsets(config.search_mm, 2 * step)
+    shifts, scale_of = coarse.repeat(len(scales), 1), scales.repeat_interleave(len(coarse))
+    cost = patch_cost(fixed, moving, grid, centre_mm, offsets, shifts, scale_of, config.chunk)
     best = int(cost.argmin())
-    steps = torch.cat([-torch.eye(3), torch.eye(3)]).to(shifts) * config.step_mm
-    sides = patch_cost(fixed, moving, grid, patch, shifts[best] + steps, config.chunk).reshape(2, 3)
-    return _parabola(shifts[best], cost[best], sides, config.step_mm), float(cost[best])
+    fine = shifts[best] + ball_offsets(2 * step, step)
+    steps = torch.cat([-torch.eye(3), torch.eye(3)]).to(fine) * step
+    cost = patch_cost(
+        fixed, moving, grid, centre_mm, offsets, fine, scale_of[best].expand(len(fine)), config.chunk
+    )
+    near = int(cost.argmin())
+    sides = patch_cost(
+        fixed, moving, grid, centre_mm, offsets, fine[near] + steps, scale_of[best].expand(6), 6
+    )
+    shift = _parabola(fine[near], cost[near], sides.reshape(2, 3), step)
+    return shift, float(scale_of[best]), float(cost[near])
 
 
 def crop_maps(baseline: Image, followup: Image, transform: Transform, centre_mm, half_width_mm, config):
@@ -118,13 +140,15 @@ def track_one(baseline, followup, transform, centre_mm: np.ndarray, radius_mm: f
     """One lesion: ``(3,)`` where it is in the baseline's frame after the search, the patch cost there
     and how far the search back ended from ``centre_mm`` (see the module notes)."""
     patch_mm = radius_mm + config.margin_mm
-    mind_reach_mm = 2 * max(MindConfig().dilations_mm) + 3 * MindConfig().patch_sigma_mm
-    half = patch_mm + 2 * config.search_mm + mind_reach_mm
+    scales = torch.tensor(config.scales, dtype=torch.float64)
+    mind_reach_mm = max(MindConfig().dilations_mm) + 3 * MindConfig().patch_sigma_mm
+    half = float(scales.max()) * patch_mm + 2 * config.search_mm + mind_reach_mm
     fixed, moving, grid = crop_maps(baseline, followup, transform, centre_mm, half, config)
     centre = torch.as_tensor(centre_mm, dtype=torch.float64)
-    shift, cost = search_shift(fixed, moving, grid, centre, patch_mm, config)
+    shift, scale, cost = search_shift(fixed, moving, grid, centre, patch_mm, scales, config)
     found = centre + shift
-    back = found + search_shift(moving, fixed, grid, found, patch_mm, config)[0]
+    back_mm = scale * radius_mm + config.margin_mm  # the same ball as forward, at the follow-up's size
+    back = found + search_shift(moving, fixed, grid, found, back_mm, 1 / scales, config)[0]
     return found.numpy(), cost, float((back - centre).norm())
 
 
