@@ -14,8 +14,8 @@ its own appearance, close to where the rigid transform puts it:
    only the inside of the grown lesion): the mean squared difference of the descriptors, smallest
    wins. Offsets every ``2 * step_mm`` first, then every ``step_mm`` around the best;
 3. a parabola through the best offset and its axis neighbours gives the sub-step position;
-4. the fixed-point test: the ball at the follow-up's size around the found place, searched back in
-   the baseline the same way (inverse scales), must come back within ``round_trip_mm`` of the lesion
+4. the fixed-point test: the compared ball as the follow-up shows it (scaled), searched back in the
+   baseline the same way at the inverse scale, must come back within ``round_trip_mm`` of the lesion
    centre, or the lesion is unreliable (as in :mod:`crossreg.locate`).
 
 The found point goes back to the follow-up's world through the rigid transform. Only the crop is
@@ -147,8 +147,10 @@ def track_one(baseline, followup, transform, centre_mm: np.ndarray, radius_mm: f
     centre = torch.as_tensor(centre_mm, dtype=torch.float64)
     shift, scale, cost = search_shift(fixed, moving, grid, centre, patch_mm, scales, config)
     found = centre + shift
-    back_mm = scale * radius_mm + config.margin_mm  # the same ball as forward, at the follow-up's size
-    back = found + search_shift(moving, fixed, grid, found, back_mm, 1 / scales, config)[0]
+    # Back: the ball the match compared, in the follow-up, at the inverse scale. Letting the way back
+    # choose its scale again lets a small ball shrink onto another blob and flags good matches.
+    inverse = torch.tensor([1 / scale], dtype=torch.float64)
+    back = found + search_shift(moving, fixed, grid, found, scale * patch_mm, inverse, config)[0]
     return found.numpy(), cost, float((back - centre).norm())
 
 
