@@ -45,6 +45,7 @@ class LocalTrackConfig:
     # The compared ball reaches this far beyond the lesion's radius: enough surroundings that a small
     # lesion is not matched to another blob (3 mm did that to lesions of 3-4 mm).
     margin_mm: float = 5.0
+    min_ball_mm: float = 0.0  # the compared ball's radius is at least this
     default_radius_mm: float = 5.0  # lesion radius when none is given
     lattice_mm: float = 2.0  # spacing of the compared points inside the ball
     search_mm: float = 8.0  # offsets searched: a ball of this radius around the rigid guess
@@ -139,7 +140,7 @@ def crop_maps(baseline: Image, followup: Image, transform: Transform, centre_mm,
 def track_one(baseline, followup, transform, centre_mm: np.ndarray, radius_mm: float, config):
     """One lesion: ``(3,)`` where it is in the baseline's frame after the search, the patch cost there
     and how far the search back ended from ``centre_mm`` (see the module notes)."""
-    patch_mm = radius_mm + config.margin_mm
+    patch_mm = max(radius_mm + config.margin_mm, config.min_ball_mm)
     scales = torch.tensor(config.scales, dtype=torch.float64)
     mind_reach_mm = max(MindConfig().dilations_mm) + 3 * MindConfig().patch_sigma_mm
     half = float(scales.max()) * patch_mm + 2 * config.search_mm + mind_reach_mm

@@ -106,3 +106,21 @@ def test_track_cli_local(block, tmp_path):
     np.testing.assert_allclose(found, POINTS + shift, atol=0.5)
     assert all(r["reliable"] == "true" for r in table)
     assert "local patch search" in result.output
+
+
+@pytest.mark.parametrize(
+    ("radius", "options", "words"),
+    [
+        ("4", ("--features", "mind"), "--features and --weights go with --method uae"),
+        ("big", (), "row 1: radius='big' is not a number"),
+    ],
+)
+def test_track_cli_local_refuses_in_one_line(block, tmp_path, radius, options, words):
+    save(block, tmp_path / "scan.nii.gz")
+    (tmp_path / "lesions.csv").write_text(f"x,y,z,radius\n0,20,25,{radius}\n")
+    scan, out = str(tmp_path / "scan.nii.gz"), tmp_path / "tracked.csv"
+    args = ["track", scan, str(tmp_path / "lesions.csv"), scan, "--out", str(out), *options]
+    result = CliRunner().invoke(app, args)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and words in lines[0], result.output
+    assert not out.exists()

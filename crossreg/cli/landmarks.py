@@ -172,7 +172,8 @@ def searcher(kind: str, ndim: int, device: str, weights: Path | None):
         from crossreg.register import register
         from crossreg.track_local import track_lesions
 
+        radii_mm = table.numbers("radius")  # a bad cell stops the command before the registration
         rigid = register(source, target, RegisterConfig(device=device)).transform
-        return track_lesions(source, points, target, rigid, table.numbers("radius"))
+        return track_lesions(source, points, target, rigid, radii_mm)
 
     return local
