@@ -8,8 +8,8 @@ its own appearance, close to where the rigid transform puts it:
 1. both scans are cropped around the lesion on a ``spacing_mm`` grid in the baseline's frame (the
    follow-up pulled through the rigid transform; intensities scaled without clipping, which would
    flatten a bright lesion), and described by MIND-SSC (modality independent);
-2. a ball of lattice points (radius: the lesion's radius + ``margin_mm``, spacing ``lattice_mm``) is
-   compared with the follow-up shifted by offsets within ``search_mm`` and scaled by each of
+2. a ball of lattice points (radius: the lesion's radius + ``margin_mm``, at least ``min_ball_mm``;
+   spacing ``lattice_mm``) is compared with the follow-up shifted by offsets within ``search_mm`` and scaled by each of
    ``scales`` (a lesion that grows pushes its surroundings out: the same ball unscaled would see
    only the inside of the grown lesion): the mean squared difference of the descriptors, smallest
    wins. Offsets every ``2 * step_mm`` first, then every ``step_mm`` around the best;
@@ -42,10 +42,10 @@ class LocalTrackConfig:
     """The patch search of :func:`track_lesions`; lengths in mm."""
 
     spacing_mm: float = 1.0  # grid of the cropped scans and their MIND-SSC maps
-    # The compared ball reaches this far beyond the lesion's radius: enough surroundings that a small
-    # lesion is not matched to another blob (3 mm did that to lesions of 3-4 mm).
-    margin_mm: float = 5.0
-    min_ball_mm: float = 0.0  # the compared ball's radius is at least this
+    margin_mm: float = 5.0  # the compared ball reaches this far beyond the lesion's radius
+    # ... and has at least this radius: a small lesion in a small ball (3-4 mm lesions in 8-9 mm
+    # balls) can match another blob nearby, the more so when the ball may be scaled down.
+    min_ball_mm: float = 11.0
     default_radius_mm: float = 5.0  # lesion radius when none is given
     lattice_mm: float = 2.0  # spacing of the compared points inside the ball
     search_mm: float = 8.0  # offsets searched: a ball of this radius around the rigid guess
