@@ -9,10 +9,10 @@ its own appearance, close to where the rigid transform puts it:
    follow-up pulled through the rigid transform; intensities scaled without clipping, which would
    flatten a bright lesion), and described by MIND-SSC (modality independent);
 2. a ball of lattice points (radius: the lesion's radius + ``margin_mm``, at least ``min_ball_mm``;
-   spacing ``lattice_mm``) is compared with the follow-up shifted by offsets within ``search_mm`` and scaled by each of
-   ``scales`` (a lesion that grows pushes its surroundings out: the same ball unscaled would see
-   only the inside of the grown lesion): the mean squared difference of the descriptors, smallest
-   wins. Offsets every ``2 * step_mm`` first, then every ``step_mm`` around the best;
+   spacing ``lattice_mm``) is compared with the follow-up shifted by offsets within ``search_mm``
+   and scaled by each of ``scales`` (a lesion that grows pushes its surroundings out: the same ball
+   unscaled would see only the inside of the grown lesion): the mean squared difference of the
+   descriptors, smallest wins. Offsets every ``2 * step_mm`` first, then every ``step_mm`` around the best;
 3. a parabola through the best offset and its axis neighbours gives the sub-step position;
 4. the fixed-point test: the compared ball as the follow-up shows it (scaled), searched back in the
    baseline the same way at the inverse scale, must come back within ``round_trip_mm`` of the lesion
