@@ -57,7 +57,12 @@ class LocalTrackConfig:
 
     def __post_init__(self) -> None:
         lengths = (self.spacing_mm, self.default_radius_mm, self.lattice_mm, self.search_mm, self.step_mm)
-        if min(lengths) <= 0 or self.margin_mm < 0 or self.round_trip_mm <= 0 or self.chunk < 1:
+        if (
+            min(lengths) <= 0
+            or min(self.margin_mm, self.min_ball_mm) < 0
+            or self.round_trip_mm <= 0
+            or self.chunk < 1
+        ):
             raise InvalidConfigError(f"LocalTrackConfig needs positive lengths and chunk: {self}")
         if not self.scales or min(self.scales) <= 0:
             raise InvalidConfigError(f"LocalTrackConfig needs at least one scale, all positive: {self}")
