@@ -31,7 +31,7 @@ import torch
 
 from crossreg.errors import CrossregError, DimensionMismatchError, InvalidConfigError
 from crossreg.features.mind import MindConfig, mind_maps
-from crossreg.image import Image, axis_aligned_grid, robust_normalize
+from crossreg.image import Grid, Image, axis_aligned_grid, robust_normalize
 from crossreg.locate import Located
 from crossreg.resample import resample, sample_world
 from crossreg.transform import Transform
@@ -79,7 +79,7 @@ def ball_offsets(radius_mm: float, spacing_mm: float) -> torch.Tensor:
 def patch_cost(
     fixed: torch.Tensor,
     moving: torch.Tensor,
-    grid,
+    grid: Grid,
     centre_mm: torch.Tensor,
     offsets_mm: torch.Tensor,
     shifts_mm: torch.Tensor,
@@ -110,7 +110,15 @@ def _parabola(best_mm: torch.Tensor, cost: torch.Tensor, sides: torch.Tensor, st
     return best_mm + step_mm * torch.where(curvature > 0, vertex, torch.zeros_like(vertex)).to(best_mm)
 
 
-def search_shift(fixed, moving, grid, centre_mm: torch.Tensor, radius_mm: float, scales, config):
+def search_shift(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    grid: Grid,
+    centre_mm: torch.Tensor,
+    radius_mm: float,
+    scales: torch.Tensor,
+    config: LocalTrackConfig,
+) -> tuple[torch.Tensor, float, float]:
     """``(3,)`` the offset that best carries the ball of ``radius_mm`` around ``centre_mm`` ``(3,)`` of
     the maps ``fixed`` into ``moving`` (both ``(C, *grid.shape)``), the ball scaled by the best of
     ``scales`` ``(G,)``, that scale and the cost: every scale on a lattice of twice ``step_mm``, then
@@ -133,16 +141,30 @@ def search_shift(fixed, moving, grid, centre_mm: torch.Tensor, radius_mm: float,
     return shift, float(scale_of[best]), float(cost[near])
 
 
-def crop_maps(baseline: Image, followup: Image, transform: Transform, centre_mm, half_width_mm, config):
+def crop_maps(
+    baseline: Image,
+    followup: Image,
+    transform: Transform,
+    centre_mm: np.ndarray,
+    half_width_mm: float,
+    config: LocalTrackConfig,
+) -> tuple[torch.Tensor, torch.Tensor, Grid]:
     """MIND-SSC maps ``(C, *shape)`` of ``baseline`` and of ``followup`` pulled through ``transform``
     (baseline world -> follow-up world) on a cube of ``half_width_mm`` around ``centre_mm`` ``(3,)``
-    (``spacing_mm`` voxels centred on it), and that cube's grid."""
+    (``spacing_mm`` voxels), and that cube's grid."""
     corners = np.asarray(centre_mm, float) + np.array([[-1.0], [1.0]]) * half_width_mm
     grid = axis_aligned_grid(corners, config.spacing_mm)
     return mind_maps(resample(baseline, grid)), mind_maps(resample(followup, grid, transform)), grid
 
 
-def track_one(baseline, followup, transform, centre_mm: np.ndarray, radius_mm: float, config):
+def track_one(
+    baseline: Image,
+    followup: Image,
+    transform: Transform,
+    centre_mm: np.ndarray,
+    radius_mm: float,
+    config: LocalTrackConfig,
+) -> tuple[np.ndarray, float, float]:
     """One lesion: ``(3,)`` where it is in the baseline's frame after the search, the patch cost there
     and how far the search back ended from ``centre_mm`` (see the module notes)."""
     patch_mm = max(radius_mm + config.margin_mm, config.min_ball_mm)
