@@ -371,6 +371,22 @@ class PointsTable:
         k = self.columns.index("label")
         return [row[k] for row in self.rows]
 
+    def numbers(self, column: str) -> np.ndarray | None:
+        """``(N,)`` the cells of ``column`` as numbers (NaN where empty), or None without that column;
+        CrossregError for a cell that is not a number."""
+        if column not in self.columns:
+            return None
+        k = self.columns.index(column)
+        values = []
+        for number, row in enumerate(self.rows, start=1):
+            try:
+                values.append(float(row[k]) if row[k].strip() else np.nan)
+            except ValueError:
+                raise CrossregError(
+                    f"{self.path} row {number}: {column}={row[k]!r} is not a number"
+                ) from None
+        return np.array(values)
+
     def points_for(self, ndim: int) -> np.ndarray:
         """The points ``(N, ndim)`` for an ``ndim``-D image; CrossregError if they have another
         dimension. Slicer points are 3D: for a 2D image they need z = 0 (as 2D points are written)."""

@@ -113,7 +113,7 @@ def bench_anatomy(
     ] = None,
     methods: Annotated[
         str | None,
-        typer.Option(help="Comma-separated methods (default: identity,uae,mind-nn,affine,syn)."),
+        typer.Option(help="Comma-separated methods (default: identity,uae,mind-nn,local,affine,syn)."),
     ] = None,
     weights: Annotated[
         Path | None, typer.Option(help="Embedding model for uae (default: the shipped one).")

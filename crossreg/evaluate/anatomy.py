@@ -17,8 +17,10 @@ find in a target image, with the exact truth.
 
 Methods (:class:`PointMethod`) carry source points into the target: ``identity`` (no registration,
 the floor), ``uae`` and ``mind-nn`` (:func:`crossreg.locate.locate` with the universal anatomical
-embeddings or MIND-SSC nearest neighbours; the round trip flags unreliable points), ``affine`` and
-``syn`` (ANTs with Mattes MI, the points carried through its transforms). Errors are world mm; the
+embeddings or MIND-SSC nearest neighbours; the round trip flags unreliable points), ``local``
+(:func:`crossreg.track_local.track_lesions`: a rigid :func:`crossreg.register`, then a MIND-SSC patch
+search around each point, sized by the baseline radius), ``affine`` and ``syn`` (ANTs with Mattes MI,
+the points carried through its transforms). Errors are world mm; the
 statistics pool every point of the cases a method ran on. Time is wall and CPU seconds per target
 volume (both images described, the search and its round trip; a registration) and wall ms per point.
 """
@@ -72,7 +74,8 @@ class PointCase:
 
     group: what the report groups by (the subject's contrast; ``t1->t2`` for tracking). seed: the
     subject's, also given to the methods. radii_mm: ``(N,)`` a point found within its radius counts as
-    found (lesions), or None.
+    found (lesions), or None. source_radii_mm: ``(N,)`` the lesions' radii in the source (what a user
+    gives a sized method), or None.
     """
 
     name: str
@@ -83,6 +86,7 @@ class PointCase:
     target: Image
     truth_mm: np.ndarray
     radii_mm: np.ndarray | None = None
+    source_radii_mm: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,16 +99,20 @@ class Transferred:
 
 #: (source, points ``(N, 3)``, target, seed) -> the points in the target.
 Transfer = Callable[[Image, np.ndarray, Image, int], Transferred]
+#: (source, points ``(N, 3)``, target, seed, source radii ``(N,)`` or None) -> the points in the target.
+SizedTransfer = Callable[[Image, np.ndarray, Image, int, np.ndarray | None], Transferred]
 
 
 @dataclass(frozen=True)
 class PointMethod:
     """A named way of carrying points; ``limit``: it runs on the first ``limit`` cases of each group
-    only (a slow reference), None for all."""
+    only (a slow reference), None for all; ``sized``: ``run`` is a :data:`SizedTransfer`, given the
+    case's ``source_radii_mm``."""
 
     name: str
-    run: Transfer
+    run: Transfer | SizedTransfer
     limit: int | None = None
+    sized: bool = False
 
 
 # ---------------------------------------------------------------- cases
@@ -143,12 +151,14 @@ def tracking_cases(
             FollowupConfig(contrast=followup),
             seed=s,
         )
-        centres, truth, radii = (
+        centres, truth, radii, source_radii = (
             np.array([getattr(lesion, a) for lesion in pair.lesions])
-            for a in ("centre_mm", "followup_centre_mm", "followup_radius_mm")
+            for a in ("centre_mm", "followup_centre_mm", "followup_radius_mm", "radius_mm")
         )
         group = f"{baseline}->{followup}"
-        yield PointCase(f"pair-{s}", group, s, pair.baseline, centres, pair.followup, truth, radii)
+        yield PointCase(
+            f"pair-{s}", group, s, pair.baseline, centres, pair.followup, truth, radii, source_radii
+        )
 
 
 def task_cases(task: str, contrasts: Sequence[Contrast], n: int, seed: int) -> Iterator[PointCase]:
@@ -221,6 +231,23 @@ class FeatureTransfer:
         return Transferred(found.points_mm, found.reliable)
 
 
+def local_transfer(device: str = "cpu") -> SizedTransfer:
+    """A rigid :func:`crossreg.register` of the pair, then
+    :func:`crossreg.track_local.track_lesions` (the default radius where none is given)."""
+    from crossreg.config import RegisterConfig
+    from crossreg.register import register
+    from crossreg.track_local import track_lesions
+
+    def run(
+        source: Image, points_mm: np.ndarray, target: Image, seed: int, radii_mm: np.ndarray | None
+    ) -> Transferred:
+        rigid = register(source, target, RegisterConfig(device=device, seed=seed)).transform
+        found = track_lesions(source, points_mm, target, rigid, radii_mm)
+        return Transferred(found.points_mm, found.reliable)
+
+    return run
+
+
 def ants_transfer(type_of_transform: str) -> Transfer:
     """ANTsPy ``registration(fixed=source, moving=target)`` (Mattes MI for the affine and deformable
     stages, within both field-of-view masks), the points carried by its forward transforms.
@@ -257,12 +284,13 @@ def anatomy_methods(
     device: str = "cpu", n_syn: int | None = None, weights: str | None = None, n_mind: int | None = None
 ) -> list[PointMethod]:
     """identity, uae (``weights``, the shipped model if None), mind-nn on the first ``n_mind`` cases of
-    each group, ANTs affine, and ANTs SyN on the first ``n_syn`` (None: all cases)."""
+    each group, local, ANTs affine, and ANTs SyN on the first ``n_syn`` (None: all cases)."""
     net, _ = load_embedding_model(weights, device)
     return [
         PointMethod("identity", identity),
         PointMethod("uae", FeatureTransfer(EmbeddingFeatures(net))),
         PointMethod("mind-nn", FeatureTransfer(MindFeatures(device=device)), n_mind),
+        PointMethod("local", local_transfer(device), sized=True),
         PointMethod("affine", ants_transfer("Affine")),
         PointMethod("syn", ants_transfer("SyN"), n_syn),
     ]
@@ -300,7 +328,8 @@ def score(case: PointCase, method: str, out: Transferred, seconds: float, cpu_se
 def _run_one(method: PointMethod, case: PointCase) -> PointRun:
     wall, cpu = time.perf_counter(), time.process_time()
     try:
-        out = method.run(case.source, case.points_mm, case.target, case.seed)
+        sizes = (case.source_radii_mm,) if method.sized else ()
+        out = method.run(case.source, case.points_mm, case.target, case.seed, *sizes)
     # As crossreg.evaluate.bench: one crashed run is that run's failure, the others are kept.
     except Exception as err:
         log.exception("%s crashed on %s", method.name, case.name)
