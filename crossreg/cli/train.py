@@ -37,6 +37,13 @@ Echo = Annotated[
 Seed = Annotated[int, typer.Option(help="Seed of the network, the pairs and the negatives.")]
 Resume = Annotated[bool, typer.Option(help="Continue from OUT.ckpt if it exists.")]
 Force = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing model file.")]
+Minutes = Annotated[
+    float | None, typer.Option(help="Stop after this many minutes (checkpointed; --resume goes on).")
+]
+WarmStart = Annotated[
+    Path | None,
+    typer.Option(help="Start from this model at the step it was written at, with a fresh optimiser."),
+]
 
 
 def _run(sources, out: Path, config, device: str, resume: bool, force: bool, kind: str) -> None:
@@ -131,19 +138,42 @@ def general(
     _run(general_sources(), out, config, device, resume, force, "general")
 
 
+def _train_with_progress(
+    train,
+    kind: str,
+    out: Path,
+    config,
+    device: str,
+    resume: bool,
+    minutes: float | None,
+    warm_start: Path | None,
+) -> None:
+    """Run ``train(out, config, device, resume, meta, on_log, stop_after_s, warm_start)`` (the embedding
+    and matcher loops share it) with a status line per logged step and the command and commit in meta."""
+    meta = {"kind": kind, "command": "crossreg " + shlex.join(sys.argv[1:]), "commit": _commit()}
+    with console.status(f"training ({config.steps} steps)") as status:
+
+        def show(entry) -> None:
+            stats = ", ".join(f"{k} {v:.3f}" for k, v in entry.stats.items())
+            line = f"step {entry.step}/{config.steps}: loss {entry.loss:.3f} ({stats}), {entry.seconds:.0f} s"
+            status.update(line)
+            if not console.is_terminal:
+                console.print(line)
+
+        train(out, config, device, resume, meta, show, None if minutes is None else 60 * minutes, warm_start)
+    console.print(
+        f"wrote {out} (log: {out.with_suffix('.log.jsonl')}, checkpoint {out.with_suffix('.ckpt')})"
+    )
+
+
 @train_app.command()
 @friendly_errors
 def embedding(
     out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (.pt).")],
     steps: Annotated[int, typer.Option(help="Optimiser steps of the whole schedule.", min=1)] = 3200,
     pairs_per_step: Annotated[int, typer.Option(help="Pairs of views per optimiser step.", min=1)] = 4,
-    minutes: Annotated[
-        float | None, typer.Option(help="Stop after this many minutes (checkpointed; --resume goes on).")
-    ] = None,
-    warm_start: Annotated[
-        Path | None,
-        typer.Option(help="Start from this model at the step it was written at, with a fresh optimiser."),
-    ] = None,
+    minutes: Minutes = None,
+    warm_start: WarmStart = None,
     device: Device = "cpu",
     seed: Seed = 0,
     resume: Resume = False,
@@ -160,22 +190,7 @@ def embedding(
     if not resume:
         check_outputs([out], force)
     config = replace(EmbeddingTrainConfig(), steps=steps, pairs_per_step=pairs_per_step, seed=seed)
-    meta = {"kind": "uae", "command": "crossreg " + shlex.join(sys.argv[1:]), "commit": _commit()}
-    with console.status(f"training ({config.steps} steps)") as status:
-
-        def show(entry) -> None:
-            stats = ", ".join(f"{k} {v:.3f}" for k, v in entry.stats.items())
-            status.update(
-                f"step {entry.step}/{config.steps}: loss {entry.loss:.3f} ({stats}), {entry.seconds:.0f} s"
-            )
-            if not console.is_terminal:
-                console.print(f"step {entry.step}: loss {entry.loss:.3f} ({stats}), {entry.seconds:.0f} s")
-
-        stop = None if minutes is None else 60 * minutes
-        train_embedding(out, config, device, resume, meta, show, stop, warm_start)
-    console.print(
-        f"wrote {out} (log: {out.with_suffix('.log.jsonl')}, checkpoint {out.with_suffix('.ckpt')})"
-    )
+    _train_with_progress(train_embedding, "uae", out, config, device, resume, minutes, warm_start)
 
 
 @train_app.command()
@@ -184,13 +199,8 @@ def matcher(
     out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (.pt).")],
     steps: Annotated[int, typer.Option(help="Optimiser steps of the whole schedule.", min=1)] = 30000,
     batch: Annotated[int, typer.Option(help="Synthetic pairs per optimiser step.", min=1)] = 16,
-    minutes: Annotated[
-        float | None, typer.Option(help="Stop after this many minutes (checkpointed; --resume goes on).")
-    ] = None,
-    warm_start: Annotated[
-        Path | None,
-        typer.Option(help="Start from this model at the step it was written at, with a fresh optimiser."),
-    ] = None,
+    minutes: Minutes = None,
+    warm_start: WarmStart = None,
     device: Device = "cpu",
     seed: Seed = 0,
     resume: Resume = False,
@@ -207,18 +217,4 @@ def matcher(
     if not resume:
         check_outputs([out], force)
     config = replace(MatcherTrainConfig(), steps=steps, batch=batch, seed=seed)
-    meta = {"kind": "matcher2d", "command": "crossreg " + shlex.join(sys.argv[1:]), "commit": _commit()}
-    with console.status(f"training ({config.steps} steps)") as status:
-
-        def show(entry) -> None:
-            stats = ", ".join(f"{k} {v:.3f}" for k, v in entry.stats.items())
-            line = f"step {entry.step}/{config.steps}: loss {entry.loss:.3f} ({stats}), {entry.seconds:.0f} s"
-            status.update(line)
-            if not console.is_terminal:
-                console.print(line)
-
-        stop = None if minutes is None else 60 * minutes
-        train_matcher(out, config, device, resume, meta, show, stop, warm_start)
-    console.print(
-        f"wrote {out} (log: {out.with_suffix('.log.jsonl')}, checkpoint {out.with_suffix('.ckpt')})"
-    )
+    _train_with_progress(train_matcher, "matcher2d", out, config, device, resume, minutes, warm_start)
