@@ -7,7 +7,9 @@ stage: the choice of sparse or dense matching, the grids, the keypoint detector,
 
 For 2D images, the matcher network (``matching="matcher2d"``, and ``auto`` wherever a matcher model
 is shipped or given) replaces detection and description: both working grids then take the finer
-spacing the network matches at (:data:`crossreg.matcher2d.world.WORKING_PIXELS`), and the fixed
+spacing the network matches at (:data:`crossreg.matcher2d.world.WORKING_PIXELS` along the larger
+extent, up to :data:`~crossreg.matcher2d.world.MATCHER_UPSAMPLE` times finer than the finest input
+pixel, so that small images span enough of the network's coarse cells), and the fixed
 image holds the queries, as in sparse matching.
 
 The plan then says which image holds the queries. Sparse matching asks the fixed image's keypoints
@@ -31,7 +33,7 @@ from crossreg.estimate import RansacConfig
 from crossreg.features import Features
 from crossreg.image import Image
 from crossreg.matcher2d.match import matcher_available
-from crossreg.matcher2d.world import WORKING_PIXELS
+from crossreg.matcher2d.world import MATCHER_UPSAMPLE, WORKING_PIXELS
 from crossreg.resample import working_image
 
 log = logging.getLogger(__name__)
@@ -79,15 +81,16 @@ class Plan:
 
 
 def working_spacing(
-    fixed: Image, moving: Image, spacing_mm: float | None = None, size: int | None = None
+    fixed: Image, moving: Image, spacing_mm: float | None = None, size: int | None = None, upsample: float = 1.0
 ) -> float:
     """Isotropic spacing (mm) of the working grids: ``spacing_mm`` if given, else the larger image
-    extent over ``size`` voxels (None: :data:`WORKING_SIZE`), never finer than the finest input voxel."""
+    extent over ``size`` voxels (None: :data:`WORKING_SIZE`), never finer than the finest input voxel
+    over ``upsample``."""
     if spacing_mm is not None:
         return float(spacing_mm)
     extent = max(np.ptp(im.grid.corners_mm(), axis=0).max() for im in (fixed, moving))
     finest = min(min(fixed.spacing_mm), min(moving.spacing_mm))
-    return float(max(extent / (size or WORKING_SIZE[fixed.ndim]), finest))
+    return float(max(extent / (size or WORKING_SIZE[fixed.ndim]), finest / upsample))
 
 
 def uses_matcher2d(config: RegisterConfig, ndim: int) -> bool:
@@ -121,8 +124,8 @@ def plan_pair(fixed: Image, moving: Image, config: RegisterConfig, features: Fea
         )
     log.info("fixed %s; moving %s", fixed.summary(), moving.summary())
     learned = uses_matcher2d(config, fixed.ndim)
-    size = WORKING_PIXELS if learned else None
-    spacing = working_spacing(fixed, moving, config.working_spacing_mm, size)
+    size, upsample = (WORKING_PIXELS, MATCHER_UPSAMPLE) if learned else (None, 1.0)
+    spacing = working_spacing(fixed, moving, config.working_spacing_mm, size, upsample)
     f_side = Side("fixed", working_image(fixed, spacing), config.seed)
     m_side = Side("moving", working_image(moving, spacing), config.seed + 1)
     smaller, larger = sorted((f_side.fov_voxels, m_side.fov_voxels))

@@ -11,7 +11,7 @@ from crossreg.features.crosskey import CrossKeyFeatures
 from crossreg.features.mind import MindFeatures
 from crossreg.image import from_array
 from crossreg.matcher2d.match import matcher_available
-from crossreg.matcher2d.world import WORKING_PIXELS
+from crossreg.matcher2d.world import MATCHER_UPSAMPLE, WORKING_PIXELS
 from crossreg.plan import DENSE_FOV_RATIO, choose_mode, plan_pair, uses_matcher2d, working_spacing
 from crossreg.synth.cases import make_case
 
@@ -83,7 +83,8 @@ def test_matcher2d_plans_ask_the_fixed_image_on_the_matchers_grids(slice_pair, t
         assert (
             plan.mode == "matcher2d" and plan.query.role == "fixed" and plan.ransac == config.matcher2d.ransac
         )
-        assert plan.spacing_mm == working_spacing(slice_pair.fixed, slice_pair.moving, None, WORKING_PIXELS)
+        expected = working_spacing(slice_pair.fixed, slice_pair.moving, None, WORKING_PIXELS, MATCHER_UPSAMPLE)
+        assert plan.spacing_mm == expected
     if not matcher_available(None):
         auto = RegisterConfig()
         assert plan_pair(slice_pair.fixed, slice_pair.moving, auto, make_features(auto, 2)).mode == "dense"

@@ -9,12 +9,16 @@ family      split  what it does
 ==========  =====  ==================================================================================
 plain       train  gamma only (the other image of most pairs)
 intensity   train  a random non-monotonic intensity map, or an inversion
-degrade     train  blur, bias field and noise
+degrade     train  blur or coarse (anisotropic) pixels, bias field and noise
 texture     train  a few intensity classes, each repainted with its own grey and texture (style)
+window      train  a narrow intensity window (most of the image saturates, as soft tissue in a
+                   bone window), then blur and noise
 fov         train  a random intensity map inside an ultrasound-like sector or linear field of view
+speckle     train  ultrasound-like: echoes from tissue and boundaries, Rayleigh speckle of random
+                   grain, depth attenuation, log compression, inside a sector or linear field of view
 edges       held   gradient-magnitude rendering (lines on a flat background, either polarity)
-speckle     held   ultrasound-like: echoes from tissue and boundaries, Rayleigh speckle, depth
-                   attenuation, log compression, inside a sector or linear field of view
+emission    held   emission-tomography-like: uptake by a random map of the tissue, strong blur,
+                   Poisson counting noise
 ==========  =====  ==================================================================================
 
 The sector and linear fields of view are probe beams of :mod:`crossreg.synth.beam`, in pixel units.
@@ -34,8 +38,8 @@ from crossreg.matcher2d.procedural import fractal_noise
 from crossreg.synth.beam import make_beam
 
 Family = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
-TRAIN_FAMILIES = ("plain", "intensity", "degrade", "texture", "fov")
-HELD_OUT_FAMILIES = ("edges", "speckle")
+TRAIN_FAMILIES = ("plain", "intensity", "degrade", "texture", "window", "fov", "speckle")
+HELD_OUT_FAMILIES = ("edges", "emission")
 
 
 def _rand(gen: torch.Generator, n: int, low: float, high: float, device) -> torch.Tensor:
@@ -86,14 +90,26 @@ def intensity(x: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> tupl
     return torch.where(invert, inverted, remap(x, gen)), mask
 
 
+def coarse_pixels(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """``x`` sampled on pixels 1-4 times larger along each axis (one factor pair per call), then brought
+    back to its grid (nearest or linear, as a viewer shows a low-resolution image)."""
+    h, w = x.shape[-2:]
+    fy, fx = (1 + 3 * torch.rand(2, generator=gen)).tolist()
+    small = F.interpolate(x, size=(max(4, round(h / fy)), max(4, round(w / fx))), mode="area")
+    mode = "nearest" if torch.rand(1, generator=gen) < 0.5 else "bilinear"
+    return F.interpolate(small, size=(h, w), mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
+
+
 def degrade(x: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blur (one sigma in [0.5, 2.5] px per call), a smooth multiplicative bias and Gaussian noise."""
+    """Blur (one sigma in [0.5, 2.5] px per call) or coarse pixels (half the calls), a smooth
+    multiplicative bias and Gaussian noise."""
     sigma = float(0.5 + 2.0 * torch.rand(1, generator=gen))
+    x = coarse_pixels(x, gen) if torch.rand(1, generator=gen) < 0.5 else _blur(x, sigma)
     bias = 1 + _rand(gen, x.shape[0], 0.0, 0.6, x.device) * (
         fractal_noise(x.shape[0], x.shape[-2:], gen, x.device) - 0.5
     )
     noise = torch.randn(x.shape, generator=gen).to(x.device) * _rand(gen, x.shape[0], 0.01, 0.1, x.device)
-    return (_blur(x, sigma) * bias + noise).clamp(0, 1), mask
+    return (x * bias + noise).clamp(0, 1), mask
 
 
 def texture(x: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,6 +127,19 @@ def texture(x: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> tuple[
     return _blur(out.view_as(x), 0.7).clamp(0, 1), mask
 
 
+def window(x: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A window 0.05-0.3 wide around a random level (everything outside saturates), inverted in a
+    quarter of the images, then a light blur and noise."""
+    b = x.shape[0]
+    width = _rand(gen, b, 0.05, 0.3, x.device)
+    level = _rand(gen, b, 0.1, 0.9, x.device)
+    out = ((x - level) / width + 0.5).clamp(0, 1)
+    invert = (torch.rand(b, generator=gen) < 0.25).view(-1, 1, 1, 1).to(x.device)
+    out = _blur(torch.where(invert, 1 - out, out), 0.7)
+    noise = torch.randn(x.shape, generator=gen).to(x.device) * _rand(gen, b, 0.0, 0.06, x.device)
+    return (out + noise).clamp(0, 1), mask
+
+
 def probe_field(
     b: int, size: tuple[int, int], gen: torch.Generator, device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,11 +151,12 @@ def probe_field(
     masks, depths = [], []
     for draw in torch.rand(b, 6, generator=gen).numpy():
         tilt = math.radians(30 * (draw[0] - 0.5))
-        apex = np.array([w * (0.3 + 0.4 * draw[1]), -0.15 * h * draw[2]])
+        reach = 0.3 + 0.8 * draw[4]  # depth as a share of the height: small cones to whole images
+        apex = np.array([w * (0.3 + 0.4 * draw[1]), h * ((1 - reach) * draw[2] - 0.15 * reach)])
         probe = "linear" if draw[3] < 0.25 else "curvilinear"
         beam = make_beam(
-            probe, apex, np.array([math.sin(tilt), math.cos(tilt)]), h * (0.8 + 0.3 * draw[4]),
-            50 + 50 * draw[5], w * (0.5 + 0.4 * draw[5]), 4.0,
+            probe, apex, np.array([math.sin(tilt), math.cos(tilt)]), h * reach,
+            50 + 50 * draw[5], w * reach * (0.5 + 0.4 * draw[5]), 4.0,
         )  # fmt: skip
         coords, inside = beam.coordinates(points)
         masks.append(inside.view(1, h, w))
@@ -150,12 +180,13 @@ def edges(x: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> tuple[to
 
 def speckle(x: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Ultrasound-like: echogenicity (a random map of the tissue plus its boundaries) times Rayleigh
-    speckle, attenuated with depth and log-compressed, inside a probe's field of view."""
+    speckle (grain 0.7-3 px, one per call), attenuated with depth and log-compressed, inside a
+    probe's field of view."""
     b, device = x.shape[0], x.device
     field, depth = probe_field(b, x.shape[-2:], gen, device)
     echo = 0.5 * remap(x, gen) + _stretch(gradient_magnitude(x, 1.0), mask)
     phasor = torch.randn(2 * b, 1, *x.shape[-2:], generator=gen).to(device)
-    phasor = _blur(phasor, 1.0)
+    phasor = _blur(phasor, float(0.7 + 2.3 * torch.rand(1, generator=gen)))
     rayleigh = torch.sqrt(phasor[:b] ** 2 + phasor[b:] ** 2) / phasor.std().clamp_min(1e-6)
     attenuation = torch.exp(-_rand(gen, b, 0.5, 2.5, device) * depth)
     gain = _rand(gen, b, 10.0, 60.0, device)
@@ -163,12 +194,24 @@ def speckle(x: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> tuple[
     return out.clamp(0, 1) * field, mask & field
 
 
+def emission(x: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Emission-tomography-like: uptake by a random map of the tissue, blurred (sigma 2-4 px, one per
+    call), then Poisson counts (10-200 at the brightest pixel) scaled back to [0, 1]."""
+    b = x.shape[0]
+    uptake = _blur(remap(x, gen), float(2.0 + 2.0 * torch.rand(1, generator=gen))).clamp(0, 1)
+    peak = _rand(gen, b, 10.0, 200.0, x.device)
+    counts = torch.poisson((uptake * peak).cpu(), generator=gen).to(x.device)
+    return (counts / peak).clamp(0, 1), mask
+
+
 FAMILIES: dict[str, Family] = {
     "plain": plain,
     "intensity": intensity,
     "degrade": degrade,
     "texture": texture,
+    "window": window,
     "fov": fov,
-    "edges": edges,
     "speckle": speckle,
+    "edges": edges,
+    "emission": emission,
 }

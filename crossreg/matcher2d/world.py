@@ -19,8 +19,11 @@ from crossreg.matcher2d.match import Matcher2dConfig, match_images
 from crossreg.matcher2d.net import MatcherNet
 from crossreg.resample import working_image
 
-#: Working grids aim for this many pixels along the longer side of the larger image.
+#: Working grids aim for this many pixels along the longer side of the larger image ...
 WORKING_PIXELS = 480
+#: ... upsampling small images by at most this factor: the network finds matches on a grid of 8 x 8
+#: pixel cells, so a 2 mm slice of a brain needs finer pixels to hold enough of them.
+MATCHER_UPSAMPLE = 4.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,7 +57,8 @@ def match_world(
     net: MatcherNet, image0: Image, image1: Image, config: Matcher2dConfig | None = None
 ) -> WorldMatches:
     """Matches of two 2D images, each on a working grid (a spacing giving the larger extent
-    :data:`WORKING_PIXELS` pixels, never finer than the finest input pixel)."""
+    :data:`WORKING_PIXELS` pixels, never finer than the finest input pixel over
+    :data:`MATCHER_UPSAMPLE`)."""
     for image in (image0, image1):
         if image.ndim != 2:
             raise InvalidImageError(
@@ -62,5 +66,5 @@ def match_world(
             )
     extent = max(np.ptp(im.grid.corners_mm(), axis=0).max() for im in (image0, image1))
     finest = min(min(image0.spacing_mm), min(image1.spacing_mm))
-    spacing = float(max(extent / WORKING_PIXELS, finest))
+    spacing = float(max(extent / WORKING_PIXELS, finest / MATCHER_UPSAMPLE))
     return match_working(net, working_image(image0, spacing), working_image(image1, spacing), config)
