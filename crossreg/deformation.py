@@ -129,6 +129,17 @@ class DeformableTransform:
             raise TransformIOError(f"cannot read deformable transform {path}: {err}") from None
 
 
+def warp_image(image: Image, target: Grid, transform: DeformableTransform) -> Image:
+    """``image`` (the moving one) sampled on ``target`` (the fixed grid) through ``transform``, linearly;
+    its mask marks target voxels that land inside ``image`` (and its mask)."""
+    from crossreg.resample import sample_world
+
+    moved = transform.apply_tensor(grid_points(target))
+    stacked = np.stack([np.asarray(image.array, np.float32), image.valid_mask().astype(np.float32)])
+    values = sample_world(torch.from_numpy(stacked).double(), image.grid, moved)
+    return Image(values[0].float().numpy(), target, values[1].numpy() > 0.999, image.source)
+
+
 def grid_points(grid: Grid) -> torch.Tensor:
     """World positions of ``grid``'s voxel centres, ``(*grid.shape, d)`` float64."""
     ticks = [torch.arange(n, dtype=torch.float64) for n in grid.shape]
