@@ -6,11 +6,13 @@ pair's output folder name; the row number ``0001``, ``0002``, ... without it), `
 writes: the pair's target registration error is then recorded), and per-row options ``model``
 (rigid/similarity/affine; homography for 2D pairs), ``features`` (mind/crosskey), ``matching``
 (auto/sparse/dense, as ``crossreg register --matching``), ``weights`` (a CrossKEY model file),
-``refine`` (true/false), ``seed`` (an integer). Empty cells take the defaults. Relative paths are
+``refine`` (true/false), ``deformable`` (true/false: the deformable stage after the linear one),
+``seed`` (an integer). Empty cells take the defaults. Relative paths are
 relative to the CSV's folder.
 
 Each pair writes ``out_dir/<id>/``: ``transform.tfm`` (fixed -> moving; a homography:
-``transform.json`` and ``transform_field.nii.gz``), ``matches.csv`` with Slicer
+``transform.json`` and ``transform_field.nii.gz``; deformable: ``transform.h5`` and
+``transform_field.nii.gz``), ``matches.csv`` with Slicer
 markups, ``qa.png``, and last, atomically, ``done.json``: the record and the inputs it was made from.
 A later run skips a pair whose ``done.json`` is valid for the same inputs and redoes any other (a
 failed pair, a half-written folder, a changed row). ``out_dir/summary.csv`` and ``summary.json`` hold
@@ -47,7 +49,7 @@ from crossreg.transform import Model
 log = logging.getLogger(__name__)
 
 Status = Literal["ok", "failed", "skipped"]
-OPTION_COLUMNS = ("model", "features", "matching", "weights", "refine", "seed")
+OPTION_COLUMNS = ("model", "features", "matching", "weights", "refine", "deformable", "seed")
 COLUMNS = ("id", "fixed", "moving", "landmarks", *OPTION_COLUMNS)
 _CHOICES = {"model": MODELS, "features": tuple(FEATURES), "matching": MATCHING}
 _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
@@ -68,6 +70,7 @@ class Pair:
     matching: str = "auto"  # crossreg.config.MATCHING
     weights: Path | None = None
     refine: bool = True
+    deformable: bool = False
     seed: int = 0
 
     def as_json(self) -> dict[str, Any]:
@@ -160,10 +163,11 @@ def _pair(cells: dict[str, str], default_id: str, root: Path, where: str) -> Pai
                 choices = ", ".join(_CHOICES[name])
                 raise CrossregError(f"{where}: {name} {cells[name]!r} is unknown; choose from {choices}")
             options[name] = cells[name]
-    if cells.get("refine"):
-        if cells["refine"].lower() not in _BOOLEANS:
-            raise CrossregError(f"{where}: refine {cells['refine']!r}: expected true or false")
-        options["refine"] = _BOOLEANS[cells["refine"].lower()]
+    for name in ("refine", "deformable"):
+        if cells.get(name):
+            if cells[name].lower() not in _BOOLEANS:
+                raise CrossregError(f"{where}: {name} {cells[name]!r}: expected true or false")
+            options[name] = _BOOLEANS[cells[name].lower()]
     if cells.get("seed"):
         try:
             options["seed"] = int(cells["seed"])
@@ -198,20 +202,25 @@ def run_pair(pair: Pair, out_dir: Path, device: str = "cpu") -> PairRecord:
         )
     finally:
         torch.set_num_threads(threads)
-    transforms = [p.name for p in transform_files(_transform_name(pair.model), pair.model)]
+    name = _transform_name(pair.model, pair.deformable)
+    transforms = [p.name for p in transform_files(name, pair.model, pair.deformable)]
     files = [*transforms, "matches.csv", "matches_fixed.mrk.json", "matches_moving.mrk.json", "qa.png"]
     done = {"pair": pair.as_json(), "record": asdict(record), "files": files}
     atomic_write_text(folder / DONE, json.dumps(done, indent=2) + "\n")
     return record
 
 
-def _transform_name(model: Model) -> str:
-    """The file name of a pair's transform: an ITK text transform, or a homography's JSON."""
+def _transform_name(model: Model, deformable: bool = False) -> str:
+    """The file name of a pair's transform: an ITK text transform, a homography's JSON, or (deformable)
+    an ITK composite transform."""
+    if deformable:
+        return "transform.h5"
     return "transform.json" if model == "homography" else "transform.tfm"
 
 
 def _register_pair(pair: Pair, folder: Path, device: str, start: float) -> PairRecord:
     from crossreg.config import RegisterConfig
+    from crossreg.deformable import DeformableConfig
     from crossreg.imageio import load
     from crossreg.markups import read_matches_csv
     from crossreg.refine import RefineConfig
@@ -224,19 +233,22 @@ def _register_pair(pair: Pair, folder: Path, device: str, start: float) -> PairR
         weights=None if pair.weights is None else str(pair.weights),
         matching=pair.matching,
         refine=RefineConfig() if pair.refine else None,
+        deformable=DeformableConfig() if pair.deformable else None,
         device=device,
         seed=pair.seed,
     )
     result = register(fixed, moving, config)
     result.save(
-        folder / _transform_name(pair.model), qa_path=folder / "qa.png", matches_path=folder / "matches.csv"
+        folder / _transform_name(pair.model, pair.deformable),
+        qa_path=folder / "qa.png",
+        matches_path=folder / "matches.csv",
     )
     tre = None
     if pair.landmarks is not None:
         pf, pm, _ = read_matches_csv(pair.landmarks)
         if pf.shape[1] != fixed.ndim:
             raise CrossregError(f"{pair.landmarks}: {pf.shape[1]}D landmarks for {fixed.ndim}D images")
-        tre = np.linalg.norm(result.transform.apply(pf) - pm, axis=1)
+        tre = np.linalg.norm(result.final_transform.apply(pf) - pm, axis=1)
     return PairRecord(
         pair.id,
         "ok",

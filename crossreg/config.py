@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from crossreg.correspond import MATCHERS
+from crossreg.deformable.config import DeformableConfig
 from crossreg.errors import InvalidConfigError
 from crossreg.estimate import MODELS, RansacConfig
 from crossreg.features import FEATURES
@@ -95,6 +96,7 @@ class RegisterConfig:
     matcher2d: Matcher2dSettings = field(default_factory=Matcher2dSettings)
     mind: MindConfig = field(default_factory=MindConfig)  # MIND-SSC as features, and as re-ranking
     refine: RefineConfig | None = field(default_factory=RefineConfig)  # intensity polish; None: off
+    deformable: DeformableConfig | None = None  # deformable stage after polish; None: linear only
     min_confidence: float = 0.5  # a less confident transform is refused (docs/reliability.md)
     device: str = "cpu"  # torch device of descriptors and refinement: cpu, cuda, cuda:N
     seed: int = 0  # keypoint sampling and RANSAC
@@ -107,6 +109,8 @@ class RegisterConfig:
         ):
             if value not in allowed:
                 raise InvalidConfigError(f"{name} {value!r} is unknown; choose from {', '.join(allowed)}")
+        if self.deformable is not None and self.model == "homography":
+            raise InvalidConfigError("the deformable stage follows a rigid, similarity or affine transform")
         if not 0.0 <= self.min_confidence <= 1.0:
             raise InvalidConfigError(f"min confidence {self.min_confidence:g}: expected a value in [0, 1]")
 

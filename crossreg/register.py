@@ -3,7 +3,8 @@
 plan (working grids, fields of view, which image holds the queries, sparse, dense or matcher2d) -> describe
 (points and descriptors of each image, by a kind of FEATURES) -> correspond (matches, by a matcher of
 MATCHERS) -> estimate (RANSAC) -> verify (overlap, confidence, round trip) -> polish (intensity
-refinement). docs/architecture.md draws it; each stage is a function of its own module.
+refinement) -> deformable (optional: a displacement field after the linear transform).
+docs/architecture.md draws it; each stage is a function of its own module.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 
 from crossreg.config import RegisterConfig
 from crossreg.correspond import correspond
+from crossreg.deformable import deform
 from crossreg.describe import describe
 from crossreg.estimate import estimate
 from crossreg.features import make_features
@@ -54,6 +56,10 @@ def register(
         verdict = verify(found, pairs, plan, config.min_confidence)
     with clock("polish", "intensity refinement" if config.refine else "done"):
         transform = polish(fixed, moving, found, pairs, plan, config)
+    deformed = None
+    if config.deformable is not None:
+        with clock("deformable", "deformable registration (convex search, then Adam)"):
+            deformed = deform(fixed, moving, transform, config.deformable, config.device)
     log.info("registered with %d inliers of %d matches", found.n_inliers, len(pairs))
     return Result(
         transform=transform,
@@ -68,4 +74,5 @@ def register(
         timings_s=clock.seconds,
         fixed=fixed,
         moving=moving,
+        deformable=deformed,
     )

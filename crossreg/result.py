@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from crossreg.deformable.stage import DeformableResult
+from crossreg.deformation import DeformableTransform, warp_image
 from crossreg.image import Image
 from crossreg.transform import AffineTransform, Transform
 
@@ -15,7 +17,7 @@ from crossreg.transform import AffineTransform, Transform
 class Result:
     """A registration of ``moving`` onto ``fixed``."""
 
-    transform: Transform  # fixed -> moving, what SimpleITK.Resample(moving, fixed, T) takes
+    transform: Transform  # fixed -> moving, linear: what SimpleITK.Resample(moving, fixed, T) takes
     ransac_transform: Transform  # what the matches gave, before intensity refinement
     fixed_points_mm: np.ndarray  # (M, d) matched points, world mm LPS
     moving_points_mm: np.ndarray  # (M, d)
@@ -27,6 +29,8 @@ class Result:
     fixed: Image
     moving: Image
     timings_s: dict[str, float] = field(default_factory=dict)  # seconds per pipeline stage
+    # The deformable stage's transform (``transform`` then a field) and its checks; None: not asked for.
+    deformable: DeformableResult | None = None
 
     @property
     def n_inliers(self) -> int:
@@ -36,17 +40,35 @@ class Result:
     def n_matches(self) -> int:
         return len(self.inliers)
 
+    @property
+    def final_transform(self) -> Transform | DeformableTransform:
+        """The deformable transform if the stage ran, else ``transform``: what the files hold."""
+        return self.transform if self.deformable is None else self.deformable.transform
+
     def resampled(self) -> Image:
-        """The moving image resampled onto the fixed grid through ``transform``."""
+        """The moving image resampled onto the fixed grid through :attr:`final_transform`."""
         from crossreg.resample import resample
 
+        if self.deformable is not None:
+            return warp_image(self.moving, self.fixed.grid, self.deformable.transform)
         return resample(self.moving, self.fixed.grid, self.transform)
 
     def summary(self) -> str:
         """One line a user acts on."""
         return (
             f"{self.n_inliers}/{self.n_matches} inlier matches, confidence {self.confidence:.2f}, "
-            f"round trip {100 * self.round_trip:.0f}%, {self._motion()}, {sum(self.timings_s.values()):.1f} s"
+            f"round trip {100 * self.round_trip:.0f}%, {self._motion()}{self._deformation()}, "
+            f"{sum(self.timings_s.values()):.1f} s"
+        )
+
+    def _deformation(self) -> str:
+        """The deformable field's size and folding, if the stage ran."""
+        if self.deformable is None:
+            return ""
+        d = self.deformable
+        return (
+            f", then a field of up to {d.max_displacement_mm:.1f} mm "
+            f"({100 * d.negative_jacobian_fov:.2f}% folded in the fixed FOV)"
         )
 
     def _motion(self) -> str:

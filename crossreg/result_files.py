@@ -4,7 +4,9 @@ markups. All of them or none: each file is written atomically (crossreg.outputs)
 
 ITK has no homography transform file. A homography is written as JSON (``T.json``: the 3 x 3 matrix,
 fixed to moving, mm, LPS) and, beside it, as a displacement field on the fixed image's grid
-(``T_field.nii.gz``), which SimpleITK, ANTs and 3D Slicer apply as a transform."""
+(``T_field.nii.gz``), which SimpleITK, ANTs and 3D Slicer apply as a transform. A deformable result is
+written as an ITK composite ``T.h5`` (linear, then the field it follows) and its total displacement
+field ``T_field.nii.gz`` (:mod:`crossreg.deformation`)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,14 @@ from crossreg.transform import AffineTransform, Model, displacement_field
 from crossreg.viz import save_qa
 
 #: Transform file suffixes ``crossreg register --out`` takes, per kind of model.
-TRANSFORM_SUFFIXES = {"linear": (".tfm", ".txt"), "homography": (".json",)}
+TRANSFORM_SUFFIXES = {"linear": (".tfm", ".txt"), "homography": (".json",), "deformable": (".h5",)}
+_HINTS = {
+    "linear": "a linear transform is written as an ITK text transform (.tfm or .txt)",
+    "homography": "ITK has no homography transform file: ask for T.json, and crossreg writes T.json (the "
+    "3 x 3 matrix) and T_field.nii.gz (a displacement field SimpleITK, ANTs and 3D Slicer apply)",
+    "deformable": "a deformable transform is written as an ITK composite transform: ask for T.h5, and "
+    "crossreg writes T.h5 (linear + displacement field) and T_field.nii.gz (the total displacement field)",
+}
 
 
 def write_result(
@@ -35,7 +44,7 @@ def write_result(
     """Write the transform (ITK .tfm; a homography: JSON plus displacement field, :func:`transform_files`)
     and, if paths are given, the resampled image, QA figure and matches (CSV plus Slicer
     ``*_fixed.mrk.json`` / ``*_moving.mrk.json`` beside it); the paths."""
-    check_transform_path(transform_path, result.transform.model)
+    check_transform_path(transform_path, result.transform.model, result.deformable is not None)
     written: list[Path] = []
     try:
         _write_all(result, written, transform_path, resampled_path, qa_path, matches_path)
@@ -46,24 +55,27 @@ def write_result(
     return written
 
 
-def check_transform_path(path: str | Path, model: Model) -> None:
-    """Raise OutputWriteError unless ``path`` names a file the transform of ``model`` is written as."""
-    kind = "homography" if model == "homography" else "linear"
+def check_transform_path(path: str | Path, model: Model, deformable: bool = False) -> None:
+    """Raise OutputWriteError unless ``path`` names a file the transform of ``model`` (followed by a
+    deformable field if ``deformable``) is written as."""
+    kind = _kind(model, deformable)
     if not Path(path).name.lower().endswith(TRANSFORM_SUFFIXES[kind]):
-        hint = (
-            "ITK has no homography transform file: ask for T.json, and crossreg writes T.json (the 3 x 3 "
-            "matrix) and T_field.nii.gz (a displacement field SimpleITK, ANTs and 3D Slicer apply)"
-            if kind == "homography"
-            else "a linear transform is written as an ITK text transform (.tfm or .txt)"
+        hint = _HINTS[kind]
+        raise OutputWriteError(
+            f"cannot write the {'deformable' if deformable else model} transform to {path}: {hint}"
         )
-        raise OutputWriteError(f"cannot write the {model} transform to {path}: {hint}")
 
 
-def transform_files(path: str | Path, model: Model) -> list[Path]:
-    """The files a transform of ``model`` is written to: ``path``, and for a homography its
-    displacement field beside it (``T.json`` -> ``T_field.nii.gz``)."""
+def _kind(model: Model, deformable: bool) -> str:
+    return "deformable" if deformable else ("homography" if model == "homography" else "linear")
+
+
+def transform_files(path: str | Path, model: Model, deformable: bool = False) -> list[Path]:
+    """The files a transform of ``model`` (then a field, if ``deformable``) is written to: ``path``,
+    and for a homography or a deformable transform the displacement field beside it
+    (``T.json`` / ``T.h5`` -> ``T_field.nii.gz``)."""
     path = Path(path)
-    if model != "homography":
+    if _kind(model, deformable) == "linear":
         return [path]
     stem = path.name[: -len(path.suffix)] if path.suffix else path.name
     return [path, path.with_name(f"{stem}_field.nii.gz")]
@@ -71,6 +83,13 @@ def transform_files(path: str | Path, model: Model) -> list[Path]:
 
 def _write_transform(result: Result, path: Path, written: list[Path]) -> None:
     """Write the transform (:func:`transform_files`), appending each path as soon as it exists."""
+    if result.deformable is not None:
+        h5_path, field_path = transform_files(path, result.transform.model, deformable=True)
+        result.deformable.transform.save(h5_path)
+        written.append(h5_path)
+        result.deformable.transform.save(field_path)
+        written.append(field_path)
+        return
     t = result.transform
     if isinstance(t, AffineTransform):
         t.save(path)

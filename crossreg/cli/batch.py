@@ -19,7 +19,7 @@ def batch(
         Path,
         typer.Argument(
             help="CSV with columns fixed, moving and optionally id, landmarks, model, features, weights, "
-            "refine, seed (one row per pair; relative paths are relative to the CSV's folder)."
+            "refine, deformable, seed (one row per pair; relative paths are relative to the CSV's folder)."
         ),
     ],
     out: Annotated[

@@ -10,6 +10,7 @@ import typer
 from crossreg.cli.app import app
 from crossreg.cli.common import check_device, console, friendly_errors
 from crossreg.config import MATCHING
+from crossreg.deformable.config import DeformableConfig
 from crossreg.estimate import MODELS
 from crossreg.features import FEATURES
 
@@ -32,7 +33,8 @@ def register(
             "--out",
             "-o",
             help="Transform to write, mapping FIXED points to MOVING points: ITK .tfm; with --model "
-            "homography T.json (the 3 x 3 matrix), plus the displacement field T_field.nii.gz beside it.",
+            "homography T.json (the 3 x 3 matrix), plus the displacement field T_field.nii.gz beside it; "
+            "with --deformable T.h5, plus T_field.nii.gz.",
         ),
     ],
     resampled: Annotated[
@@ -70,6 +72,20 @@ def register(
         typer.Option(help="Matcher model from `crossreg train matcher` (default: the shipped one)."),
     ] = None,
     refine: Annotated[bool, typer.Option(help="Intensity refinement (MIND-SSD) after RANSAC.")] = True,
+    deformable: Annotated[
+        bool,
+        typer.Option(
+            "--deformable",
+            help="Then a deformable stage (ConvexAdam-style, MIND-SSC): --out must be T.h5 (ITK composite: "
+            "linear + displacement field); T_field.nii.gz (the total displacement field) goes beside it.",
+        ),
+    ] = False,
+    deformable_weight: Annotated[
+        float, typer.Option(help="Deformable: regularisation weight (larger: smoother, smaller field).")
+    ] = DeformableConfig.weight,
+    grid_spacing: Annotated[
+        float, typer.Option(help="Deformable: node spacing of the discrete search, mm.")
+    ] = DeformableConfig.grid_spacing_mm,
     min_confidence: Annotated[
         float, typer.Option(help="Refuse (exit 3) a transform less confident than this (0..1).")
     ] = 0.5,
@@ -87,8 +103,8 @@ def register(
     from crossreg.viz import qa_suffixes
 
     companions = companion_paths(matches) if matches else []
-    check_outputs([*transform_files(out, model), resampled, qa, matches, *companions], force)
-    check_transform_path(out, model)
+    check_transform_path(out, model, deformable)
+    check_outputs([*transform_files(out, model, deformable), resampled, qa, matches, *companions], force)
     check_suffix(qa, qa_suffixes(), "figure")
     check_device(device)
     config = RegisterConfig(
@@ -98,6 +114,9 @@ def register(
         matching=matching,
         matcher2d=Matcher2dSettings(weights=None if matcher_weights is None else str(matcher_weights)),
         refine=RefineConfig() if refine else None,
+        deformable=DeformableConfig(weight=deformable_weight, grid_spacing_mm=grid_spacing)
+        if deformable
+        else None,
         min_confidence=min_confidence,
         device=device,
         seed=seed,

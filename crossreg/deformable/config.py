@@ -1,0 +1,40 @@
+"""Settings of the deformable stage (:func:`crossreg.deformable.deform`), lengths in world mm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from crossreg.errors import InvalidConfigError
+
+
+@dataclass(frozen=True)
+class DeformableConfig:
+    """ConvexAdam-style deformable registration after the linear result: a discrete search on a coarse
+    grid of nodes, then Adam on a dense displacement field; MIND-SSC features on a working grid."""
+
+    feature_spacing_mm: float = 2.0  # working grid of MIND-SSC features and of the written field
+    grid_spacing_mm: float = 6.0  # nodes of the discrete search; rounded to whole working voxels
+    capture_mm: float = 10.0  # the search tries displacements up to +-this per axis ...
+    step_mm: float = 2.0  # ... in steps of this
+    weight: float = 4.0  # diffusion regularisation of the dense field (larger: smoother, smaller)
+    outside_weight: float = 0.05  # pull towards zero displacement where the fields of view do not overlap
+    iterations: int = 60  # Adam steps of the dense field
+    learning_rate: float = 0.5  # Adam step, mm of displacement
+
+    def __post_init__(self) -> None:
+        positive = ("feature_spacing_mm", "grid_spacing_mm", "capture_mm", "step_mm", "learning_rate")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise InvalidConfigError(f"deformable {name} {getattr(self, name):g}: expected a value > 0")
+        if self.weight < 0 or self.outside_weight < 0:
+            raise InvalidConfigError(
+                f"deformable weights {self.weight:g}, {self.outside_weight:g}: expected values >= 0"
+            )
+        if self.iterations < 0:
+            raise InvalidConfigError(f"deformable iterations {self.iterations}: expected >= 0")
+        if self.grid_spacing_mm < self.feature_spacing_mm or self.step_mm > self.capture_mm:
+            raise InvalidConfigError(
+                f"deformable grid spacing {self.grid_spacing_mm:g} mm needs to be at least the feature "
+                f"spacing {self.feature_spacing_mm:g} mm, and the step {self.step_mm:g} mm at most the "
+                f"capture range {self.capture_mm:g} mm"
+            )

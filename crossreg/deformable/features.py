@@ -1,0 +1,72 @@
+"""The deformable stage's inputs: both images' MIND-SSC features on the fixed image's working grid,
+the moving one seen through the linear result, each with its field-of-view mask."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from crossreg.features.mind import MindConfig, mind_maps
+from crossreg.filters import erode
+from crossreg.image import Grid, Image, axis_aligned_grid, fov_mask, robust_normalize
+from crossreg.resample import resample, working_image
+from crossreg.transform import AffineTransform
+
+# MIND reads this far (in working voxels) beyond its centre: dilation 1 plus the patch's reach.
+_FOOTPRINT_VOX = 2
+
+
+@dataclass(frozen=True, eq=False)
+class PairFeatures:
+    """Features of both images on ``grid`` (the fixed image's working grid, axis-aligned).
+
+    fixed, moving: ``(C, *grid.shape)`` float32; moving is the moving image resampled through the
+    linear transform. fixed_mask, moving_mask: ``(*grid.shape)`` bool, where each has data (the
+    moving one eroded by the descriptor's reach, so zero padding never counts as anatomy).
+    """
+
+    grid: Grid
+    fixed: torch.Tensor
+    moving: torch.Tensor
+    fixed_mask: torch.Tensor
+    moving_mask: torch.Tensor
+
+
+def pair_features(
+    fixed: Image, moving: Image, linear: AffineTransform, spacing_mm: float, device: str = "cpu"
+) -> PairFeatures:
+    """MIND-SSC (one dilation of a working voxel) of ``fixed`` and of ``moving`` seen through ``linear``
+    (fixed -> moving), both on the fixed image's working grid of ``spacing_mm``."""
+    work = working_image(fixed, spacing_mm)
+    seen = resample(robust_normalize(moving), work.grid, linear)
+    seen = seen.with_array(seen.array, seen.valid_mask() & fov_mask(seen))
+    config = MindConfig(dilations_mm=(spacing_mm,), patch_sigma_mm=0.75 * spacing_mm)
+    masks = [torch.from_numpy(im.valid_mask()) for im in (work, seen)]
+    return PairFeatures(
+        work.grid,
+        mind_maps(work, config).to(device),
+        mind_maps(seen, config).to(device),
+        masks[0].to(device),
+        erode(masks[1], _FOOTPRINT_VOX).to(device),
+    )
+
+
+def halved(pair: PairFeatures) -> PairFeatures:
+    """``pair`` on a grid of twice the spacing (features averaged over 2^d voxels, masks where most
+    voxels hold data): where Adam refines the field, as ConvexAdam does, at an eighth of the cost."""
+    shape = pair.fixed.shape[1:]
+    pad = [p for n in reversed(shape) for p in (0, n % 2)]
+    pool = F.avg_pool3d if len(shape) == 3 else F.avg_pool2d
+
+    def half(x: torch.Tensor) -> torch.Tensor:
+        return pool(F.pad(x[None], pad, mode="replicate"), 2)[0]
+
+    spacing = 2.0 * pair.grid.spacing_mm[0]
+    corner = pair.grid.index_to_world(np.full((1, len(shape)), 0.5))
+    grid = axis_aligned_grid(corner, spacing)
+    grid = Grid(tuple((n + 1) // 2 for n in shape), grid.spacing_mm, grid.origin_mm, grid.direction)
+    masks = [half(m[None].float())[0] > 0.5 for m in (pair.fixed_mask, pair.moving_mask)]
+    return PairFeatures(grid, half(pair.fixed), half(pair.moving), *masks)
