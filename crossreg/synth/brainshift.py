@@ -15,9 +15,10 @@ localised and the identity far from its site:
   sinks along gravity (the inward normal, leaning up to ``gravity_tilt_deg``), most at the surface,
   fading with depth and distance as ``(1 - r^2/R^2)^3``; 2-15 mm;
 - ``swell``: outward expansion around a point 10-30 mm under the craniotomy; 2-8 mm;
-- ``resect``: a ball of tissue under the craniotomy removed and filled with fluid (anechoic in
-  ultrasound, half the time with a bright rim; CSF in MR-like and CT-like images), the tissue around
-  it collapsing into it by 2-4 mm; no landmark is drawn in or next to the cavity;
+- ``resect``: a ball of tissue just under the surface beside the craniotomy's centre removed and
+  filled with fluid (anechoic in ultrasound, half the time with a bright rim; CSF in MR-like and
+  CT-like images), the tissue around it collapsing into it by 2-4 mm; no landmark is drawn in or
+  next to the cavity;
 - ``soft``: CT <-> MR soft-tissue deformation: a random smooth field around a random brain point,
   3-10 mm.
 
@@ -39,13 +40,16 @@ from typing import Literal
 import numpy as np
 import torch
 
-from crossreg.errors import InvalidConfigError
+from crossreg.deformation import DeformableTransform
+from crossreg.errors import EmptyRegionError, InvalidConfigError
+from crossreg.filters import erode
 from crossreg.image import Grid, Image, axis_aligned_grid, fov_mask
 from crossreg.resample import sample_world
 from crossreg.synth.beam import grid_points_mm, probe_pose_on_surface, tilt
 from crossreg.synth.diffeo import Range, check_range, exponentiate
 from crossreg.synth.elastic import random_elastic
 from crossreg.synth.modality import tissue_fractions
+from crossreg.transform import AffineTransform
 
 ShiftKind = Literal["sag", "swell", "resect", "soft"]
 SHIFT_KINDS: tuple[ShiftKind, ...] = ("sag", "swell", "resect", "soft")
@@ -59,12 +63,13 @@ class ShiftConfig:
     """Ranges of :func:`random_shift`, each drawn uniformly. Magnitudes are largest displacements."""
 
     sag_mm: Range = (2.0, 15.0)  # sinking along gravity under the craniotomy, mm, 0-30
-    sag_radius_mm: Range = (35.0, 60.0)  # reach of the sag around the craniotomy (support radius), mm
+    sag_radius_mm: Range = (60.0, 90.0)  # reach of the sag around the craniotomy (support radius), mm
     gravity_tilt_deg: float = 25.0  # gravity leans from the craniotomy's inward normal by up to this, deg
     swell_mm: Range = (2.0, 8.0)  # outward push of a swelling, mm, 0-30
     swell_radius_mm: Range = (40.0, 70.0)  # its support radius (the push peaks at 0.38 of it), mm
     swell_depth_mm: Range = (10.0, 30.0)  # depth of its centre under the craniotomy, mm
-    cavity_radius_mm: Range = (6.0, 12.0)  # resection cavity: a ball touching the craniotomy, mm
+    cavity_radius_mm: Range = (5.0, 10.0)  # resection cavity: a ball just under the surface, mm
+    cavity_offset_mm: Range = (0.0, 10.0)  # gap between the cavity and the craniotomy's centre, mm
     collapse_mm: Range = (2.0, 4.0)  # inward collapse of the tissue around the cavity, mm, 0-30
     rim_probability: float = 0.5  # chance of a bright cavity rim in ultrasound (blood, haemostat), 0-1
     rim_mm: float = 1.5  # thickness of that rim, mm
@@ -72,8 +77,9 @@ class ShiftConfig:
     soft_radius_mm: Range = (30.0, 60.0)  # its support radius around a random brain point, mm
     soft_smoothing_mm: Range = (15.0, 30.0)  # smoothness of its random directions (Gaussian sigma), mm
     max_total_mm: float = 15.0  # all components together move no point further, mm
+    landmark_min_mm: float = 1.0  # case landmarks lie where the tissue moved at least this far, mm
     spacing_mm: float = 2.0  # spacing of the displacement grid, mm, 0.5-8
-    steps: int = 7  # scaling and squaring: v / 2**steps composed with itself steps times, 4-12
+    steps: int = 6  # scaling and squaring: v / 2**steps composed with itself steps times, 4-12
 
     def __post_init__(self) -> None:
         for name in ("sag_mm", "swell_mm", "collapse_mm", "soft_mm"):
@@ -134,11 +140,11 @@ class Shift:
 
     def pull_mask(self, mask: np.ndarray, grid: Grid) -> np.ndarray:
         """Preoperative-frame mask on ``grid``: True where ``mask`` (shifted frame, on ``grid``) holds
-        the tissue, i.e. at ``p`` with ``mask(S(p))``."""
+        the tissue, i.e. at ``p`` with ``mask(S(p))`` (linearly interpolated, over one half)."""
         points = grid_points_mm(grid).double()
         moved = points + sample_world(self.forward_mm, self.grid, points).movedim(0, -1)
         values = sample_world(torch.from_numpy(np.asarray(mask, np.float64))[None], grid, moved)
-        return values[0].numpy() > 0.999
+        return values[0].numpy() > 0.5
 
     def in_cavity(self, points_mm: np.ndarray, margin_mm: float = 0.0) -> np.ndarray:
         """Boolean ``(N,)``: which shifted-frame points ``(N, d)`` lie within ``margin_mm`` of the cavity."""
@@ -146,6 +152,10 @@ class Shift:
             return np.zeros(len(points_mm), bool)
         dist = np.linalg.norm(np.asarray(points_mm, float) - self.cavity_center_mm, axis=1)
         return dist < self.cavity_radius_mm + margin_mm
+
+    def transform(self, linear: AffineTransform) -> DeformableTransform:
+        """The fixed -> moving truth when ``linear`` then moves the shifted scene: ``linear(S(p))``."""
+        return DeformableTransform.from_displacement(linear, self.forward_mm, self.grid)
 
     def jacobian_determinant(self) -> torch.Tensor:
         """``det DS`` at the grid nodes, ``grid.shape``: > 0 everywhere means no folding."""
@@ -192,12 +202,18 @@ def _radial(center_mm: np.ndarray, radius_mm: float, sign: float):
 
 
 def _random_directions(center_mm: np.ndarray, radius_mm: float, smoothing_mm: float, seed: int):
+    box = Grid(
+        (2,) * len(center_mm),
+        (2.0 * radius_mm,) * len(center_mm),
+        tuple(center_mm - radius_mm),
+        np.eye(len(center_mm)),
+    )  # random_elastic reads only the grid: its noise is fixed over the ball, whatever grid samples it
+    warp = random_elastic(Image(np.zeros(box.shape, np.float32), box), 1.0, smoothing_mm, seed)
+    noise = torch.from_numpy(warp.displacement_mm)
+
     def velocity(grid: Grid) -> torch.Tensor:
         weight, _ = _bump(grid, center_mm, radius_mm)
-        blank = Image(np.zeros(grid.shape, np.float32), grid)  # random_elastic reads only the grid
-        warp = random_elastic(blank, 1.0, smoothing_mm, seed)
-        noise = sample_world(torch.from_numpy(warp.displacement_mm), warp.grid, grid_points_mm(grid).double())
-        return noise * weight
+        return sample_world(noise, warp.grid, grid_points_mm(grid).double()) * weight
 
     return velocity
 
@@ -226,7 +242,10 @@ def _components(
         )
     if "resect" in kinds:
         cavity = _draw(rng, cfg.cavity_radius_mm)
-        center = site + cavity * inward  # the cavity reaches the surface under the craniotomy
+        # Beside the craniotomy's centre, where the probe sits: ultrasound sees the cavity and the
+        # tissue under the craniotomy, not only through the fluid.
+        aside = tilt(inward, 90.0, rng) * (cavity + _draw(rng, cfg.cavity_offset_mm))
+        center = site + cavity * inward + aside
         radius = cavity / RADIAL_PEAK  # the collapse peaks at the cavity's wall
         parts.append(
             _Component("resect", center, radius, _draw(rng, cfg.collapse_mm), _radial(center, radius, -1.0))
@@ -251,26 +270,58 @@ def _largest(velocity: torch.Tensor, grid: Grid, steps: int) -> float:
     return float(exponentiate(velocity, grid, steps).norm(dim=0).max())
 
 
-def _fit(unit: torch.Tensor, target_mm: float, grid: Grid, steps: int, iterations: int = 3) -> torch.Tensor:
-    """``unit`` scaled so that its flow's largest displacement is ``target_mm`` (to a fraction of a %)."""
-    scale = target_mm
+def _fit(field: torch.Tensor, target_mm: float, grid: Grid, steps: int, iterations: int = 3) -> float:
+    """The factor that makes the largest displacement of the flow of ``field`` ``target_mm``."""
+    scale = target_mm / float(field.norm(dim=0).max().clamp_min(1e-12))
     for _ in range(iterations):  # the largest displacement grows almost linearly with the scale
-        scale *= target_mm / max(_largest(scale * unit, grid, steps), 1e-9)
-    return scale * unit
+        scale *= target_mm / max(_largest(scale * field, grid, steps), 1e-9)
+    return scale
 
 
-def _support_grids(image: Image, parts: list[_Component], spacing_mm: float) -> tuple[Grid, Grid, tuple]:
-    """The field grid (over the image and every support), the sub-grid on the supports' box (the same
-    nodes) and that box as array slices."""
-    boxes = [np.stack([p.center_mm - p.radius_mm, p.center_mm + p.radius_mm]) for p in parts]
-    grid = axis_aligned_grid(np.concatenate([image.grid.corners_mm(), *boxes]), spacing_mm)
-    support = np.concatenate(boxes)
-    lo = np.floor(grid.world_to_index(support.min(axis=0)[None])[0]).astype(int) - 1
-    hi = np.ceil(grid.world_to_index(support.max(axis=0)[None])[0]).astype(int) + 2
-    lo, hi = np.maximum(lo, 0), np.minimum(hi, grid.size_xyz)
+def _scaled_velocity(parts: list[_Component], field: Grid, sub: Grid, cfg: ShiftConfig) -> torch.Tensor:
+    """The sum of the components' velocities on ``sub``, ``(d, *sub.shape)``, each scaled to its
+    magnitude, the sum to at most ``max_total_mm``. Each scale is fitted on the field grid's nodes
+    over the component's ball, every ``k``-th with ``k`` the spacings in a 16th of its radius (the
+    exact nodes for small, sharp fields), so magnitudes hold to under 1%."""
+    weights = []
+    for p in parts:
+        stride = max(1, int(p.radius_mm / (16.0 * field.spacing_mm[0])))
+        nodes, _ = _box_grid(field, p.center_mm - p.radius_mm, p.center_mm + p.radius_mm, stride)
+        weights.append(_fit(p.velocity(nodes), p.magnitude_mm, nodes, cfg.steps))
+
+    def total(g: Grid) -> torch.Tensor:
+        return sum(w * p.velocity(g) for w, p in zip(weights, parts, strict=True))
+
+    overall = 1.0
+    coarse = Grid(
+        tuple((n + 1) // 2 for n in sub.shape),
+        tuple(2.0 * s for s in sub.spacing_mm),
+        sub.origin_mm,
+        sub.direction,
+    )
+    if len(parts) > 1 and _largest(total(coarse), coarse, cfg.steps) > cfg.max_total_mm:
+        overall = _fit(total(coarse), cfg.max_total_mm, coarse, cfg.steps)
+    return overall * total(sub)
+
+
+def _box_grid(grid: Grid, lo_mm: np.ndarray, hi_mm: np.ndarray, stride: int = 1) -> tuple[Grid, tuple]:
+    """Every ``stride``-th node of axis-aligned ``grid`` over the world box ``lo_mm``..``hi_mm`` ``(d,)``
+    plus a node, as a Grid, and that box of ``grid`` as array slices."""
+    lo = np.maximum(np.floor(grid.world_to_index(lo_mm[None])[0]).astype(int) - 1, 0)
+    hi = np.minimum(np.ceil(grid.world_to_index(hi_mm[None])[0]).astype(int) + 2, grid.size_xyz)
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo[::-1], hi[::-1], strict=True))
     origin = grid.index_to_world(lo[None].astype(float))[0]
-    sub = Grid(tuple(int(n) for n in (hi - lo)[::-1]), grid.spacing_mm, tuple(origin), grid.direction)
+    shape = tuple(int(n) for n in -(-(hi - lo) // stride))[::-1]
+    spacing = tuple(stride * s for s in grid.spacing_mm)
+    return Grid(shape, spacing, tuple(float(o) for o in origin), grid.direction), box
+
+
+def _field_grid(image: Image, parts: list[_Component], spacing_mm: float) -> tuple[Grid, Grid, tuple]:
+    """The field grid (over the image and every support), the sub-grid on the supports' box (the same
+    nodes) and that box as array slices."""
+    boxes = np.concatenate([np.stack([p.center_mm - p.radius_mm, p.center_mm + p.radius_mm]) for p in parts])
+    grid = axis_aligned_grid(np.concatenate([image.grid.corners_mm(), boxes]), spacing_mm)
+    sub, box = _box_grid(grid, boxes.min(axis=0), boxes.max(axis=0))
     return grid, sub, box
 
 
@@ -285,7 +336,7 @@ def _inverse(velocity: torch.Tensor, forward: torch.Tensor, grid: Grid, steps: i
         return x + sample_world(approx, grid, x).movedim(0, -1)
 
     target, z = a(points), a(points)
-    for _ in range(6):
+    for _ in range(4):
         z = z + target - a(z + sample_world(forward, grid, z).movedim(0, -1))
     return (z - points).movedim(-1, 0)
 
@@ -305,14 +356,8 @@ def random_shift(
         )
     rng = np.random.default_rng(seed)
     parts, site, inward = _components(image, set(kinds), config, rng)
-    grid, sub, box = _support_grids(image, parts, config.spacing_mm)
-    velocity = torch.zeros((image.ndim, *sub.shape), dtype=torch.float64)
-    for part in parts:
-        unit = part.velocity(sub)
-        unit = unit / unit.norm(dim=0).max().clamp_min(1e-12)
-        velocity = velocity + _fit(unit, part.magnitude_mm, sub, config.steps)
-    if _largest(velocity, sub, config.steps) > config.max_total_mm:
-        velocity = _fit(velocity, config.max_total_mm, sub, config.steps)
+    grid, sub, box = _field_grid(image, parts, config.spacing_mm)
+    velocity = _scaled_velocity(parts, grid, sub, config)
     forward, inverse = (torch.zeros((image.ndim, *grid.shape), dtype=torch.float64) for _ in range(2))
     forward[(slice(None), *box)] = exponentiate(velocity, sub, config.steps)
     inverse[(slice(None), *box)] = _inverse(velocity, forward[(slice(None), *box)], sub, config.steps)
@@ -335,6 +380,15 @@ def _ball(grid: Grid, center_mm: np.ndarray, inner_mm: float, outer_mm: float) -
     return np.clip((outer_mm - dist) / h + 0.5, 0.0, 1.0) * np.clip((dist - inner_mm) / h + 0.5, 0.0, 1.0)
 
 
+def _csf_level(image: Image, tissues: dict[str, Image] | None) -> float:
+    """The image's median value in pure CSF away from the head's edge (ventricles, deep sulci)."""
+    head = erode(torch.from_numpy(fov_mask(image)), 3).numpy()
+    pure = (tissue_fractions(image, tissues)["csf"] > 0.9) & head
+    if not pure.any():
+        raise EmptyRegionError("no pure CSF voxels to take the fluid's intensity from; give gm/wm maps")
+    return float(np.median(image.array[pure]))
+
+
 def shifted_anatomy(
     image: Image, tissues: dict[str, Image] | None, shift: Shift, ultrasound: bool = False
 ) -> tuple[Image, dict[str, Image] | None]:
@@ -347,8 +401,7 @@ def shifted_anatomy(
     c, r = shift.cavity_center_mm, shift.cavity_radius_mm
     if c is None:
         return moved, maps
-    csf = tissue_fractions(image, tissues)["csf"] ** 4  # weights: nearly pure CSF counts
-    fluid_level = float((image.array * csf).sum() / max(csf.sum(), 1e-12))
+    fluid_level = _csf_level(image, tissues)
     fluid = _ball(moved.grid, c, -np.inf, r)
     moved = moved.with_array(moved.array * (1.0 - fluid) + fluid_level * fluid, moved.mask)
     if maps is not None:
