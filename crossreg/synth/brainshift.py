@@ -48,7 +48,6 @@ from crossreg.resample import sample_world
 from crossreg.synth.beam import grid_points_mm, probe_pose_on_surface, tilt
 from crossreg.synth.diffeo import Range, check_range, exponentiate
 from crossreg.synth.elastic import random_elastic
-from crossreg.synth.modality import tissue_fractions
 from crossreg.transform import AffineTransform
 
 ShiftKind = Literal["sag", "swell", "resect", "soft"]
@@ -280,7 +279,7 @@ def _fit(field: torch.Tensor, target_mm: float, grid: Grid, steps: int, iteratio
 
 def _scaled_velocity(parts: list[_Component], field: Grid, sub: Grid, cfg: ShiftConfig) -> torch.Tensor:
     """The sum of the components' velocities on ``sub``, ``(d, *sub.shape)``, each scaled to its
-    magnitude, the sum to at most ``max_total_mm``. Each scale is fitted on the field grid's nodes
+    magnitude. Each scale is fitted on the field grid's nodes
     over the component's ball, every ``k``-th with ``k`` the spacings in a 16th of its radius (the
     exact nodes for small, sharp fields), so magnitudes hold to under 1%."""
     weights = []
@@ -289,19 +288,7 @@ def _scaled_velocity(parts: list[_Component], field: Grid, sub: Grid, cfg: Shift
         nodes, _ = _box_grid(field, p.center_mm - p.radius_mm, p.center_mm + p.radius_mm, stride)
         weights.append(_fit(p.velocity(nodes), p.magnitude_mm, nodes, cfg.steps))
 
-    def total(g: Grid) -> torch.Tensor:
-        return sum(w * p.velocity(g) for w, p in zip(weights, parts, strict=True))
-
-    overall = 1.0
-    coarse = Grid(
-        tuple((n + 1) // 2 for n in sub.shape),
-        tuple(2.0 * s for s in sub.spacing_mm),
-        sub.origin_mm,
-        sub.direction,
-    )
-    if len(parts) > 1 and _largest(total(coarse), coarse, cfg.steps) > cfg.max_total_mm:
-        overall = _fit(total(coarse), cfg.max_total_mm, coarse, cfg.steps)
-    return overall * total(sub)
+    return sum(w * p.velocity(sub) for w, p in zip(weights, parts, strict=True))
 
 
 def _box_grid(grid: Grid, lo_mm: np.ndarray, hi_mm: np.ndarray, stride: int = 1) -> tuple[Grid, tuple]:
@@ -358,9 +345,16 @@ def random_shift(
     parts, site, inward = _components(image, set(kinds), config, rng)
     grid, sub, box = _field_grid(image, parts, config.spacing_mm)
     velocity = _scaled_velocity(parts, grid, sub, config)
+    flow = exponentiate(velocity, sub, config.steps)
+    for _ in range(3):  # together no further than max_total_mm: scale down (almost linear), re-check
+        largest = float(flow.norm(dim=0).max())
+        if largest <= config.max_total_mm:
+            break
+        velocity = velocity * (0.999 * config.max_total_mm / largest)
+        flow = exponentiate(velocity, sub, config.steps)
     forward, inverse = (torch.zeros((image.ndim, *grid.shape), dtype=torch.float64) for _ in range(2))
-    forward[(slice(None), *box)] = exponentiate(velocity, sub, config.steps)
-    inverse[(slice(None), *box)] = _inverse(velocity, forward[(slice(None), *box)], sub, config.steps)
+    forward[(slice(None), *box)] = flow
+    inverse[(slice(None), *box)] = _inverse(velocity, flow, sub, config.steps)
     shift = Shift(grid, forward, inverse, {p.name: p.magnitude_mm for p in parts}, site, inward)
     cavity = next((p for p in parts if p.name == "resect"), None)
     if cavity is None:
@@ -380,28 +374,30 @@ def _ball(grid: Grid, center_mm: np.ndarray, inner_mm: float, outer_mm: float) -
     return np.clip((outer_mm - dist) / h + 0.5, 0.0, 1.0) * np.clip((dist - inner_mm) / h + 0.5, 0.0, 1.0)
 
 
-def _csf_level(image: Image, tissues: dict[str, Image] | None) -> float:
-    """The image's median value in pure CSF away from the head's edge (ventricles, deep sulci)."""
-    head = erode(torch.from_numpy(fov_mask(image)), 3).numpy()
-    pure = (tissue_fractions(image, tissues)["csf"] > 0.9) & head
-    if not pure.any():
-        raise EmptyRegionError("no pure CSF voxels to take the fluid's intensity from; give gm/wm maps")
-    return float(np.median(image.array[pure]))
+def _fluid_level(image: Image) -> float:
+    """A T1's value for fluid: its 2nd percentile away from the head's edge (where partial volume
+    with the background is darker still), i.e. CSF, the darkest tissue on a T1."""
+    interior = erode(torch.from_numpy(fov_mask(image)), 3).numpy()
+    if not interior.any():
+        raise EmptyRegionError(
+            f"{image.source or 'image'}: no head interior to take the fluid's intensity from"
+        )
+    return float(np.percentile(image.array[interior], 2.0))
 
 
 def shifted_anatomy(
     image: Image, tissues: dict[str, Image] | None, shift: Shift, ultrasound: bool = False
 ) -> tuple[Image, dict[str, Image] | None]:
     """The intraoperative anatomy: ``image`` and its tissue maps (``gm``, ``wm``; any grid) pulled
-    through the shift, the cavity (if any) filled with CSF-like fluid: the T1 at the CSF level, no
-    grey or white matter. With ``ultrasound`` and a rim, a ``lesion`` map (hyperechoic, see
+    through the shift, the cavity (if any) filled with fluid: the T1 as dark as CSF, no grey or white
+    matter. With ``ultrasound`` and a rim, a ``lesion`` map (hyperechoic, see
     :func:`crossreg.synth.ultrasound.tissue_volumes`) lines the cavity wall."""
     moved = shift.warp(image)
     maps = None if tissues is None else {k: shift.warp(v) for k, v in tissues.items()}
     c, r = shift.cavity_center_mm, shift.cavity_radius_mm
     if c is None:
         return moved, maps
-    fluid_level = _csf_level(image, tissues)
+    fluid_level = _fluid_level(image)
     fluid = _ball(moved.grid, c, -np.inf, r)
     moved = moved.with_array(moved.array * (1.0 - fluid) + fluid_level * fluid, moved.mask)
     if maps is not None:

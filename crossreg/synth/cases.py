@@ -112,7 +112,8 @@ def make_case(
     An ultrasound moving image is cut to the box around its cone, as scanners store it.
     ``shift`` (kinds of :mod:`crossreg.synth.brainshift`, e.g. ``("sag", "resect")``) moves the tissue
     first (an ultrasound probe then sits in the craniotomy); landmarks then lie where the tissue moved
-    at least ``shift_config.landmark_min_mm``, away from any cavity.
+    at least ``shift_config.landmark_min_mm``, away from any cavity: up to ``n_landmarks``, fewer when
+    little moved tissue is in view.
     """
     seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(6)]
     moved = random_shift(image, shift, shift_config, seeds[5]) if shift else None
@@ -140,7 +141,7 @@ def make_case(
     truth = rigid if moved is None else moved.transform(rigid)
     if moved is not None:
         region = _moved_tissue(image, moved, region, shift_config.landmark_min_mm)
-    landmarks = sample_landmarks(image, n_landmarks, seeds[4], mask=region)
+    landmarks = sample_landmarks(image, n_landmarks, seeds[4], mask=region, at_most=moved is not None)
     fov = f"-fov{fov_fraction:g}" if fov_fraction < 1.0 else ""
     aniso = "-sp" + "x".join(f"{s:g}" for s in moving_spacing_mm) if moving_spacing_mm else ""
     shifted = "-" + "+".join(moved.magnitudes_mm) if moved is not None else ""
