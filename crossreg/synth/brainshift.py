@@ -41,8 +41,7 @@ import numpy as np
 import torch
 
 from crossreg.deformation import DeformableTransform
-from crossreg.errors import EmptyRegionError, InvalidConfigError
-from crossreg.filters import erode
+from crossreg.errors import InvalidConfigError
 from crossreg.image import Grid, Image, axis_aligned_grid, fov_mask
 from crossreg.resample import sample_world
 from crossreg.synth.beam import grid_points_mm, probe_pose_on_surface, tilt
@@ -55,6 +54,8 @@ SHIFT_KINDS: tuple[ShiftKind, ...] = ("sag", "swell", "resect", "soft")
 #: ``|x - c| (1 - |x - c|^2 / R^2)^3`` peaks at this fraction of ``R``: where swelling pushes and a
 #: cavity's wall collapses most.
 RADIAL_PEAK = 1.0 / math.sqrt(7.0)
+#: A velocity field evaluated on a grid: ``(d, *grid.shape)`` float64, world mm.
+Velocity = Callable[[Grid], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -87,11 +88,13 @@ class ShiftConfig:
             check_range("ShiftConfig", name, getattr(self, name), 5.0, 150.0)
         check_range("ShiftConfig", "swell_depth_mm", self.swell_depth_mm, 0.0, 80.0)
         check_range("ShiftConfig", "cavity_radius_mm", self.cavity_radius_mm, 1.0, 40.0)
+        check_range("ShiftConfig", "cavity_offset_mm", self.cavity_offset_mm, 0.0, 50.0)
         ok = 0.0 <= self.rim_probability <= 1.0 and self.rim_mm > 0 and self.max_total_mm > 0
+        ok = ok and self.landmark_min_mm >= 0 and 0.0 <= self.gravity_tilt_deg <= 90.0
         if not (ok and 0.5 <= self.spacing_mm <= 8.0 and 4 <= self.steps <= 12):
             raise InvalidConfigError(
-                "ShiftConfig needs rim_probability 0-1, rim_mm > 0, max_total_mm > 0, spacing_mm 0.5-8, "
-                f"steps 4-12: {self}"
+                "ShiftConfig needs rim_probability 0-1, rim_mm > 0, max_total_mm > 0, landmark_min_mm >= 0, "
+                f"gravity_tilt_deg 0-90, spacing_mm 0.5-8, steps 4-12: {self}"
             )
 
 
@@ -101,7 +104,8 @@ class Shift:
 
     grid: axis-aligned, over the image and every support. forward_mm, inverse_mm: ``(d, *grid.shape)``
     float64 displacements (world x, y, z) of ``S`` and ``S^-1``, zero outside the supports.
-    magnitudes_mm: each component's largest displacement alone. craniotomy_mm, inward: ``(d,)`` site
+    magnitudes_mm: each component's largest displacement alone (before the ``max_total_mm`` cap on
+    them together). craniotomy_mm, inward: ``(d,)`` site
     on the brain surface and unit inward normal. cavity_center_mm: ``(d,)`` after the shift, or None.
     """
 
@@ -173,7 +177,7 @@ class _Component:
     center_mm: np.ndarray
     radius_mm: float
     magnitude_mm: float
-    velocity: Callable[[Grid], torch.Tensor]
+    velocity: Velocity
 
 
 def _bump(grid: Grid, center_mm: np.ndarray, radius_mm: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,7 +188,7 @@ def _bump(grid: Grid, center_mm: np.ndarray, radius_mm: float) -> tuple[torch.Te
     return (1.0 - s).clamp_min(0.0) ** 3, offset
 
 
-def _translation(direction: np.ndarray, center_mm: np.ndarray, radius_mm: float):
+def _translation(direction: np.ndarray, center_mm: np.ndarray, radius_mm: float) -> Velocity:
     def velocity(grid: Grid) -> torch.Tensor:
         weight, _ = _bump(grid, center_mm, radius_mm)
         return torch.as_tensor(direction).reshape(-1, *[1] * grid.ndim) * weight
@@ -192,7 +196,7 @@ def _translation(direction: np.ndarray, center_mm: np.ndarray, radius_mm: float)
     return velocity
 
 
-def _radial(center_mm: np.ndarray, radius_mm: float, sign: float):
+def _radial(center_mm: np.ndarray, radius_mm: float, sign: float) -> Velocity:
     def velocity(grid: Grid) -> torch.Tensor:
         weight, offset = _bump(grid, center_mm, radius_mm)
         return sign * offset / radius_mm * weight
@@ -200,7 +204,7 @@ def _radial(center_mm: np.ndarray, radius_mm: float, sign: float):
     return velocity
 
 
-def _random_directions(center_mm: np.ndarray, radius_mm: float, smoothing_mm: float, seed: int):
+def _random_directions(center_mm: np.ndarray, radius_mm: float, smoothing_mm: float, seed: int) -> Velocity:
     box = Grid(
         (2,) * len(center_mm),
         (2.0 * radius_mm,) * len(center_mm),
@@ -364,47 +368,3 @@ def random_shift(
     return replace(
         shift, cavity_center_mm=center, cavity_radius_mm=cavity.radius_mm * RADIAL_PEAK, rim_mm=rim
     )
-
-
-def _ball(grid: Grid, center_mm: np.ndarray, inner_mm: float, outer_mm: float) -> np.ndarray:
-    """Fraction ``grid.shape`` of each voxel between ``inner_mm`` and ``outer_mm`` from ``center_mm``
-    (a one-voxel partial-volume edge)."""
-    dist = np.linalg.norm(grid_points_mm(grid).double().numpy() - center_mm, axis=-1)
-    h = min(grid.spacing_mm)
-    return np.clip((outer_mm - dist) / h + 0.5, 0.0, 1.0) * np.clip((dist - inner_mm) / h + 0.5, 0.0, 1.0)
-
-
-def _fluid_level(image: Image) -> float:
-    """A T1's value for fluid: its 2nd percentile away from the head's edge (where partial volume
-    with the background is darker still), i.e. CSF, the darkest tissue on a T1."""
-    interior = erode(torch.from_numpy(fov_mask(image)), 3).numpy()
-    if not interior.any():
-        raise EmptyRegionError(
-            f"{image.source or 'image'}: no head interior to take the fluid's intensity from"
-        )
-    return float(np.percentile(image.array[interior], 2.0))
-
-
-def shifted_anatomy(
-    image: Image, tissues: dict[str, Image] | None, shift: Shift, ultrasound: bool = False
-) -> tuple[Image, dict[str, Image] | None]:
-    """The intraoperative anatomy: ``image`` and its tissue maps (``gm``, ``wm``; any grid) pulled
-    through the shift, the cavity (if any) filled with fluid: the T1 as dark as CSF, no grey or white
-    matter. With ``ultrasound`` and a rim, a ``lesion`` map (hyperechoic, see
-    :func:`crossreg.synth.ultrasound.tissue_volumes`) lines the cavity wall."""
-    moved = shift.warp(image)
-    maps = None if tissues is None else {k: shift.warp(v) for k, v in tissues.items()}
-    c, r = shift.cavity_center_mm, shift.cavity_radius_mm
-    if c is None:
-        return moved, maps
-    fluid_level = _fluid_level(image)
-    fluid = _ball(moved.grid, c, -np.inf, r)
-    moved = moved.with_array(moved.array * (1.0 - fluid) + fluid_level * fluid, moved.mask)
-    if maps is not None:
-        maps = {
-            k: v.with_array(v.array * (1.0 - _ball(v.grid, c, -np.inf, r)), v.mask) for k, v in maps.items()
-        }
-    if ultrasound and shift.rim_mm > 0:
-        rim = moved.with_array(_ball(moved.grid, c, r, r + shift.rim_mm), None)
-        maps = {**(maps or {}), "lesion": rim}
-    return moved, maps

@@ -25,8 +25,9 @@ from crossreg.deformation import DeformableTransform
 from crossreg.filters import erode
 from crossreg.image import Image, crop_to_mask, fov_mask
 from crossreg.synth.beam import grid_points_mm
-from crossreg.synth.brainshift import Shift, ShiftConfig, ShiftKind, random_shift, shifted_anatomy
+from crossreg.synth.brainshift import Shift, ShiftConfig, ShiftKind, random_shift
 from crossreg.synth.geometry import apply_slab, move, random_rigid, random_slab, sample_landmarks
+from crossreg.synth.intraop import shifted_anatomy
 from crossreg.synth.modality import CorruptionConfig, corrupt, ct_like, random_lut, t2_like
 from crossreg.synth.ultrasound import random_ultrasound
 from crossreg.transform import AffineTransform
