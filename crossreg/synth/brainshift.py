@@ -247,8 +247,9 @@ def _components(
         cavity = _draw(rng, cfg.cavity_radius_mm)
         # Beside the craniotomy's centre, where the probe sits: ultrasound sees the cavity and the
         # tissue under the craniotomy, not only through the fluid.
-        aside = tilt(inward, 90.0, rng) * (cavity + _draw(rng, cfg.cavity_offset_mm))
-        center = site + cavity * inward + aside
+        lateral = cavity + _draw(rng, cfg.cavity_offset_mm)
+        # A third of the way aside deeper: the convex surface falls away from the craniotomy.
+        center = site + (cavity + lateral / 3.0) * inward + lateral * tilt(inward, 90.0, rng)
         radius = cavity / RADIAL_PEAK  # the collapse peaks at the cavity's wall
         parts.append(
             _Component("resect", center, radius, _draw(rng, cfg.collapse_mm), _radial(center, radius, -1.0))
