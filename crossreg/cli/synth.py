@@ -201,6 +201,26 @@ def panel(
     console.print(f"wrote {out}", highlight=False)
 
 
+@synth_app.command("shift-panel")
+@friendly_errors
+def shift_panel(
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path(
+        "docs/img/synth_shift_examples.png"
+    ),
+    seed: Annotated[int, typer.Option(help="Seed of both cases.")] = 0,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Draw the documentation panel of brain shift: an ultrasound case (sag, cavity) and a CT case
+    (soft-tissue deformation) of the shipped MNI152 brain, rigid motion undone."""
+    from crossreg.outputs import check_outputs
+    from crossreg.synth.shift_panel import shift_panel as draw
+
+    check_outputs([out], force)
+    with console.status("simulating"):
+        draw(out, seed)
+    console.print(f"wrote {out}", highlight=False)
+
+
 @synth_app.command()
 @friendly_errors
 def speed(
