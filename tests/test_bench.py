@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from crossreg import datasets
+from crossreg.deformation import DeformableTransform
 from crossreg.errors import CrossregError
 from crossreg.evaluate.baselines import (
     Method,
@@ -262,6 +263,23 @@ def test_a_synth_pair_folder_is_a_case_with_its_truth(tmp_path, pair3d):
     np.testing.assert_allclose(case.landmarks_moving_mm, pair3d.landmarks_moving_mm)
     truth = score(case, "truth", MethodOutput(pair3d.true_transform, 0.0, pair3d_matches(pair3d)))
     assert truth.tre_mm < 1e-6 and truth.precision == 1.0
+
+
+@pytest.mark.parametrize("kind", ["t2-shift", "us-shift"])
+def test_shift_cases_have_a_nonlinear_truth_that_survives_the_folder(tmp_path, kind):
+    (case,) = synthetic_cases([kind], n_per_kind=1, seed=0, ndim=2)
+    assert isinstance(case.true_transform, DeformableTransform) and kind in case.name
+    matches = (case.landmarks_fixed_mm, case.landmarks_moving_mm)
+    truth = score(case, "truth", MethodOutput(case.true_transform, 0.0, matches))
+    rigid = score(case, "rigid part", MethodOutput(case.true_transform.linear, 0.0))
+    assert truth.tre_mm < 1e-6 and truth.precision == 1.0
+    assert rigid.tre_mm > 1.0  # what a perfect rigid registration leaves
+    shifted = make_case(case.fixed, kind.split("-")[0], seed=1, shift=("sag",), corruption=None)
+    write_pair(shifted, tmp_path / "pair")
+    (read,) = folder_cases(tmp_path / "pair")
+    assert isinstance(read.true_transform, DeformableTransform)
+    moved = read.true_transform.apply(read.landmarks_fixed_mm)
+    np.testing.assert_allclose(moved, shifted.landmarks_moving_mm, atol=0.05)
 
 
 def pair3d_matches(pair):

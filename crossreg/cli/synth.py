@@ -48,22 +48,33 @@ def pair(
     ] = None,
     wm: Annotated[Path | None, typer.Option(help="White-matter probability map (with --gm).")] = None,
     landmarks: Annotated[int, typer.Option(help="Number of corresponding landmarks to write.")] = 20,
+    shift: Annotated[
+        str | None,
+        typer.Option(
+            help="Move the tissue first, comma-separated: sag (gravity under a craniotomy, 2-15 mm), "
+            "swell (2-8 mm), resect (a fluid-filled cavity), soft (CT/MR soft tissue, 3-10 mm). "
+            "Writes true_transform.h5 (rigid after a displacement field) instead of .tfm."
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing outputs.")] = False,
 ) -> None:
-    """Write fixed.nii.gz (IMAGE), moving.nii.gz (its KIND version under a known rigid motion),
-    true_transform.tfm (fixed -> moving, as registration outputs), landmarks.csv and Slicer markups."""
+    """Write fixed.nii.gz (IMAGE), moving.nii.gz (its KIND version under a known rigid motion, after a
+    tissue shift with --shift), true_transform.tfm (fixed -> moving, as registration outputs; .h5 with
+    --shift), landmarks.csv and Slicer markups."""
     from crossreg.imageio import load
     from crossreg.outputs import check_outputs
+    from crossreg.synth.brainshift import SHIFT_KINDS
     from crossreg.synth.cases import make_case
     from crossreg.synth.modality import as_probability
-    from crossreg.synth.pairs import PAIR_FILES, write_pair
+    from crossreg.synth.pairs import PAIR_FILES, SHIFT_PAIR_FILES, write_pair
 
     _check_kind(kind)
+    shift_kinds = tuple(parse_list(shift, "--shift", SHIFT_KINDS)) if shift is not None else ()
     if not 0.05 <= fov <= 1.0:
         raise CrossregError(f"--fov {fov}: expected a fraction between 0.05 and 1")
     if (gm is None) != (wm is None):
         raise CrossregError("--gm and --wm go together: give both tissue maps or neither")
-    check_outputs([out / name for name in PAIR_FILES], force)
+    check_outputs([out / name for name in (SHIFT_PAIR_FILES if shift_kinds else PAIR_FILES)], force)
     fixed = load(image)
     moving_spacing = parse_floats(spacing, "--spacing", (fixed.ndim,)) if spacing else None
     tissues = {"gm": as_probability(load(gm)), "wm": as_probability(load(wm))} if gm and wm else None
@@ -78,6 +89,7 @@ def pair(
             tissues,
             n_landmarks=landmarks,
             seed=seed,
+            shift=shift_kinds,
         )
         paths = write_pair(case, out, force)
     console.print(f"wrote {len(paths)} files to {out}/ ({case.name})", highlight=False)
@@ -186,6 +198,26 @@ def panel(
     check_outputs([out], force)
     with console.status("simulating"):
         example_panel(out, seed)
+    console.print(f"wrote {out}", highlight=False)
+
+
+@synth_app.command("shift-panel")
+@friendly_errors
+def shift_panel(
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path(
+        "docs/img/synth_shift_examples.png"
+    ),
+    seed: Annotated[int, typer.Option(help="Seed of both cases.")] = 0,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Draw the documentation panel of brain shift: an ultrasound case (sag, cavity) and a CT case
+    (soft-tissue deformation) of the shipped MNI152 brain, rigid motion undone."""
+    from crossreg.outputs import check_outputs
+    from crossreg.synth.shift_panel import shift_panel as draw
+
+    check_outputs([out], force)
+    with console.status("simulating"):
+        draw(out, seed)
     console.print(f"wrote {out}", highlight=False)
 
 

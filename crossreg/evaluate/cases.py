@@ -17,7 +17,8 @@ Folder layout read by :func:`folder_cases` (one folder per case; what
         moving.mha
         landmarks_fixed.mrk.json, landmarks_moving.mrk.json   (3D Slicer markups, paired in order)
         true_transform.tfm  optional: the exact fixed -> moving transform (synthetic pairs), which
-                            lets the benchmark score matching precision too
+                            lets the benchmark score matching precision too; true_transform.h5 for
+                            a nonlinear one (a pair with a tissue shift)
 
 2D cases have no ``*_z`` columns. Other columns of landmarks.csv (``id``, ``label``) are ignored.
 """
@@ -33,10 +34,12 @@ from typing import get_args
 import numpy as np
 
 from crossreg import datasets
+from crossreg.deformation import DeformableTransform
 from crossreg.errors import CrossregError
 from crossreg.image import Image, crop_to_mask
 from crossreg.imageio import load
 from crossreg.markups import read_markups_json, read_matches_csv
+from crossreg.synth.brainshift import ShiftKind
 from crossreg.synth.cases import Case, CaseKind, make_case
 from crossreg.synth.geometry import extract_slice
 from crossreg.transform import AffineTransform, read_transform
@@ -59,15 +62,37 @@ class FovKind:
 
 #: ``slab``: a thin axial T2-like MR slab (15-25% of the head) against the whole-head T1.
 FOV_KINDS: dict[str, FovKind] = {"slab": FovKind("t2", (0.15, 0.25), axial=True)}
+
+
+@dataclass(frozen=True)
+class ShiftBenchKind:
+    """A benchmark kind made by a :func:`crossreg.synth.cases.make_case` kind after a tissue shift
+    (:mod:`crossreg.synth.brainshift`), its components drawn per case from ``choices``; the moving
+    image covers the whole head (ultrasound: the probe's cone, at the craniotomy)."""
+
+    modality: CaseKind
+    choices: tuple[tuple[ShiftKind, ...], ...]
+
+
+#: ``us-shift``: intraoperative ultrasound after brain shift (a sag; two times in three with a
+#: resection cavity, and then half the time a swelling too); ``t2-shift``, ``ct-shift``: MR and CT
+#: with a localised soft-tissue deformation. Their truth is nonlinear: a perfect rigid registration
+#: leaves a TRE of a few mm.
+SHIFT_BENCH_KINDS: dict[str, ShiftBenchKind] = {
+    "us-shift": ShiftBenchKind("us", (("sag",), ("sag", "resect"), ("sag", "swell", "resect"))),
+    "t2-shift": ShiftBenchKind("t2", (("soft",),)),
+    "ct-shift": ShiftBenchKind("ct", (("soft",),)),
+}
 #: Every synthetic kind of the benchmark.
-BENCH_KINDS: tuple[str, ...] = (*get_args(CaseKind), *FOV_KINDS)
+BENCH_KINDS: tuple[str, ...] = (*get_args(CaseKind), *FOV_KINDS, *SHIFT_BENCH_KINDS)
 
 
 @dataclass(frozen=True, eq=False)
 class BenchCase:
     """One registration problem of a benchmark.
 
-    true_transform: fixed world mm -> moving world mm, or None for real data (landmarks only).
+    true_transform: fixed world mm -> moving world mm (rigid or, with a tissue shift, deformable), or
+    None for real data (landmarks only).
     landmarks_fixed_mm, landmarks_moving_mm: ``(N, d)`` corresponding world points, LPS.
     """
 
@@ -75,7 +100,7 @@ class BenchCase:
     kind: str
     fixed: Image
     moving: Image
-    true_transform: AffineTransform | None
+    true_transform: AffineTransform | DeformableTransform | None
     landmarks_fixed_mm: np.ndarray
     landmarks_moving_mm: np.ndarray
 
@@ -120,7 +145,8 @@ def synthetic_cases(
     """``n_per_kind`` cases per kind from the shipped MNI152 T1 (2 mm; its three middle slices in 2D).
 
     Each kind is a :func:`crossreg.synth.cases.make_case` kind (``t2``, ``ct``, ``random``, ``same``,
-    and any kind added there) or one of :data:`FOV_KINDS`. Every case rotates by exactly ``angle_deg``
+    and any kind added there), one of :data:`FOV_KINDS` or one of :data:`SHIFT_BENCH_KINDS` (whole head,
+    nonlinear truth). Every case rotates by exactly ``angle_deg``
     and shifts by exactly ``translation_mm``; its moving image keeps a random slab with a fraction of
     the signal drawn from ``fov_range`` (:data:`FOV_KINDS`: their own slabs; ultrasound: the probe's
     cone instead) and has one random axis coarsened by a factor drawn from
@@ -130,7 +156,8 @@ def synthetic_cases(
     sources = _sources(ndim)
     cases = []
     for kind in kinds:
-        special = FOV_KINDS.get(kind, FovKind(kind, fov_range))
+        shifted = SHIFT_BENCH_KINDS.get(kind)
+        special = FOV_KINDS.get(kind, FovKind(shifted.modality if shifted else kind, fov_range))
         normal = np.eye(ndim)[-1] if special.axial else None
         for i in range(n_per_kind):
             entropy = [seed, zlib.crc32(kind.encode()), ndim, i]
@@ -139,16 +166,20 @@ def synthetic_cases(
             fov = round(float(rng.uniform(*special.fov_range)), 2)
             spacing = np.array(image.spacing_mm)
             spacing[rng.integers(ndim)] *= rng.uniform(1.0, max_anisotropy)
+            case_seed = int(rng.integers(2**31))
+            shift = shifted.choices[rng.integers(len(shifted.choices))] if shifted else ()
             case = make_case(
                 image,
                 special.modality,
                 angle_deg,
                 translation_mm,
-                fov_fraction=fov if kind != "us" else 1.0,  # the probe's cone is an ultrasound's FOV
+                # The probe's cone is an ultrasound's FOV; a shift case keeps the moved tissue in view.
+                fov_fraction=fov if special.modality != "us" and not shifted else 1.0,
                 moving_spacing_mm=tuple(float(s) for s in np.round(spacing, 2)),
                 tissues=tissues,
-                seed=int(rng.integers(2**31)),
+                seed=case_seed,
                 slab_normal=normal,
+                shift=shift,
             )
             label = case.name if kind == special.modality else f"{kind}-{case.name}"
             cases.append(_from_synthetic(case, f"{ndim}d-{i:02d}-{label}", kind))
@@ -201,8 +232,12 @@ def read_case_folder(folder: Path, kind: str) -> BenchCase:
                 f"(first: {np.round(pts[outside][0], 1).tolist()} mm); landmarks must be world mm in LPS "
                 "(negate x and y of RAS coordinates)"
             )
-    truth_path = folder / "true_transform.tfm"
-    truth = read_transform(truth_path) if truth_path.is_file() else None
+    rigid_path, deformable_path = folder / "true_transform.tfm", folder / "true_transform.h5"
+    truth = None
+    if deformable_path.is_file():
+        truth = DeformableTransform.read(deformable_path)
+    elif rigid_path.is_file():
+        truth = read_transform(rigid_path)
     return BenchCase(folder.name, kind, fixed, moving, truth, pf, pm)
 
 

@@ -11,10 +11,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from crossreg.deformation import DeformableTransform
 from crossreg.transform import AffineTransform
 
 
-def tre_mm(estimated: AffineTransform, true: AffineTransform, points_fixed_mm: np.ndarray) -> np.ndarray:
+def tre_mm(
+    estimated: AffineTransform | DeformableTransform,
+    true: AffineTransform | DeformableTransform,
+    points_fixed_mm: np.ndarray,
+) -> np.ndarray:
     """Target registration error per point, ``(N,)`` mm: ``|estimated(p) - true(p)|``.
 
     points_fixed_mm: ``(N, d)`` world points of the fixed image (e.g. ``Case.landmarks_fixed_mm``).
@@ -44,7 +49,7 @@ def summarize_tre(errors_mm: np.ndarray) -> TreSummary:
 def matching_precision(
     points_fixed_mm: np.ndarray,
     points_moving_mm: np.ndarray,
-    true: AffineTransform,
+    true: AffineTransform | DeformableTransform,
     threshold_mm: float = 3.0,
 ) -> float:
     """Fraction of matches ``(N, d)`` / ``(N, d)`` whose moving point lies within ``threshold_mm`` of

@@ -181,7 +181,7 @@ def probe_pose_on_surface(
     inward = -outward[(slice(None), *idx)]
     centroid = mri.grid.index_to_world(np.argwhere(region)[:, ::-1].mean(axis=0)[None])[0]
     direction = _unit(_unit(inward) + _unit(centroid - apex))
-    return apex, _tilt(direction, rng.uniform(0.0, max_tilt_deg), rng)
+    return apex, tilt(direction, rng.uniform(0.0, max_tilt_deg), rng)
 
 
 def _outward_normals(image: Image, region: np.ndarray, smooth_mm: float = 4.0) -> np.ndarray:
@@ -197,7 +197,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
-def _tilt(direction: np.ndarray, angle_deg: float, rng: np.random.Generator) -> np.ndarray:
+def tilt(direction: np.ndarray, angle_deg: float, rng: np.random.Generator) -> np.ndarray:
     """``direction`` turned by ``angle_deg`` towards a random perpendicular direction."""
     perp = rng.standard_normal(direction.size)
     perp = _unit(perp - (perp @ direction) * direction)

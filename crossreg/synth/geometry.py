@@ -258,15 +258,20 @@ def extract_slice(volume: Image, axis: Axis = "axial", index: int | None = None)
     )
 
 
-def sample_landmarks(image: Image, n: int, seed: int = 0, mask: np.ndarray | None = None) -> np.ndarray:
+def sample_landmarks(
+    image: Image, n: int, seed: int = 0, mask: np.ndarray | None = None, at_most: bool = False
+) -> np.ndarray:
     """``(n, d)`` distinct random world points (mm) inside ``mask`` (the image's signal if None).
 
     The mask is eroded by one voxel and each point jittered within its voxel, so points are off the
-    voxel centres yet inside the mask.
+    voxel centres yet inside the mask. With ``at_most``, a mask with fewer voxels gives that many points
+    (at least one); else it raises EmptyRegionError.
     """
     region = fov_mask(image) if mask is None else np.asarray(mask, bool)
     region = erode(torch.from_numpy(region & image.valid_mask()), 1).numpy()
     candidates = np.flatnonzero(region)
+    if at_most and candidates.size > 0:
+        n = min(n, candidates.size)
     if candidates.size < n:
         raise EmptyRegionError(f"only {candidates.size} voxels inside the landmark mask; {n} landmarks asked")
     rng = np.random.default_rng(seed)

@@ -5,9 +5,14 @@ Files written to the output folder (world coordinates in mm, LPS, as everywhere 
 - ``fixed.nii.gz``, ``moving.nii.gz``: the images (the moving image is zero outside its field of view);
 - ``true_transform.tfm``: ITK text transform mapping fixed points to moving points (crossreg's
   convention: ``SimpleITK.Resample(moving, fixed, T)`` brings the moving image onto the fixed one);
+- ``true_transform.h5`` instead, for a case with a tissue shift (:mod:`crossreg.synth.brainshift`:
+  brain shift under a craniotomy, swelling, a resection cavity, CT/MR soft-tissue deformation): an
+  ITK composite transform, the rigid motion after a displacement field over the fixed image
+  (:class:`crossreg.deformation.DeformableTransform`), same direction, read by SimpleITK
+  (``ReadTransform``), ANTs and 3D Slicer;
 - ``landmarks.csv``: corresponding points, the match CSV layout of :mod:`crossreg.markups`
   (``id, fixed_x, fixed_y[, fixed_z], moving_x, moving_y[, moving_z], inlier, confidence``;
-  every row an inlier, confidence empty);
+  every row an inlier, confidence empty); with a shift, where the tissue moved, none in a cavity;
 - ``landmarks_fixed.mrk.json``, ``landmarks_moving.mrk.json``: the same points as 3D Slicer markups.
 
 :func:`write_subject_pair` writes the same folder for a synthetic subject of the template
@@ -21,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crossreg.deformation import DeformableTransform
 from crossreg.image import Image
 from crossreg.imageio import save
 from crossreg.markups import write_markups_json, write_matches_csv
@@ -36,17 +42,21 @@ SUBJECT_PAIR_FILES = (
     "landmarks_moving.mrk.json",
 )
 PAIR_FILES = (*SUBJECT_PAIR_FILES[:2], "true_transform.tfm", *SUBJECT_PAIR_FILES[2:])
+SHIFT_PAIR_FILES = (*SUBJECT_PAIR_FILES[:2], "true_transform.h5", *SUBJECT_PAIR_FILES[2:])
 
 
 def write_pair(case: Case, out_dir: str | Path, force: bool = False) -> dict[str, Path]:
-    """Write ``case`` to ``out_dir`` (created if needed); gives back the written paths by file name.
+    """Write ``case`` to ``out_dir`` (created if needed); gives back the written paths by file name
+    (:data:`SHIFT_PAIR_FILES`, with ``true_transform.h5``, for a case with a shift).
 
     Raises OutputExistsError before writing anything if one of the files exists and ``force`` is
     False. Each file is written atomically (no partial file survives an interruption).
     """
-    paths = {name: Path(out_dir) / name for name in PAIR_FILES}
+    deformable = isinstance(case.true_transform, DeformableTransform)
+    names = SHIFT_PAIR_FILES if deformable else PAIR_FILES
+    paths = {name: Path(out_dir) / name for name in names}
     check_outputs(paths.values(), force)
-    case.true_transform.save(paths["true_transform.tfm"])
+    case.true_transform.save(paths[names[2]])
     _write_images_and_landmarks(
         paths, case.fixed, case.moving, case.landmarks_fixed_mm, case.landmarks_moving_mm, case.name
     )

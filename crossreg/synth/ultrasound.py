@@ -263,10 +263,16 @@ def simulate_ultrasound(
     return Image(array.astype(np.float32), grid, inside, f"{mri.source} [synthetic ultrasound]")
 
 
-def random_ultrasound(mri: Image, tissues: dict[str, Image] | None = None, seed: int = 0) -> Image:
-    """:func:`simulate_ultrasound` with a random probe pose on the brain surface and random parameters
+def random_ultrasound(
+    mri: Image,
+    tissues: dict[str, Image] | None = None,
+    seed: int = 0,
+    pose: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Image:
+    """:func:`simulate_ultrasound` with a random probe pose on the brain surface (or ``pose``: apex and
+    inward direction, ``(d,)`` each, e.g. at a craniotomy) and random parameters
     (:meth:`UltrasoundConfig.sample`), on the MRI's grid: one training or benchmark example."""
     pose_seed, config_seed, speckle_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(3))
-    apex_mm, direction = probe_pose_on_surface(mri, pose_seed)
+    apex_mm, direction = probe_pose_on_surface(mri, pose_seed) if pose is None else pose
     config = UltrasoundConfig.sample(config_seed)
     return simulate_ultrasound(mri, tissues, config, apex_mm, direction, speckle_seed)
