@@ -24,8 +24,10 @@ from crossreg.refine import RefineConfig
 from crossreg.transform import Model
 
 Mode = Literal["sparse", "dense", "matcher2d"]
-#: ``RegisterConfig.matching`` values: ``auto`` or a matcher of :data:`crossreg.correspond.MATCHERS`.
-MATCHING = ("auto", *MATCHERS)
+#: ``RegisterConfig.matching`` values: ``auto``, ``descriptors`` (``auto`` without the matcher network:
+#: sparse or dense descriptor matching as the plan decides) or a matcher of
+#: :data:`crossreg.correspond.MATCHERS`.
+MATCHING = ("auto", "descriptors", *MATCHERS)
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ class RegisterConfig:
     features: str = "mind"  # a kind of crossreg.features.FEATURES: mind (any pair), crosskey (MR-US)
     weights: str | None = None  # learned features' weights file; None: the model shipped for them
     working_spacing_mm: float | None = None  # isotropic working grid; None: from the images' extent
-    matching: str = "auto"  # sparse, dense, matcher2d, or auto: the plan decides per pair
+    matching: str = "auto"  # sparse, dense, matcher2d, descriptors or auto: the plan decides per pair
     sparse: SparseConfig = field(default_factory=SparseConfig)
     dense: DenseConfig = field(default_factory=DenseConfig)
     matcher2d: Matcher2dSettings = field(default_factory=Matcher2dSettings)

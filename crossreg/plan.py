@@ -106,9 +106,9 @@ def uses_matcher2d(config: RegisterConfig, ndim: int) -> bool:
 
 
 def choose_mode(matching: str, features: Features, fov_ratio: float) -> Mode:
-    """``matching`` with ``auto`` resolved: dense for features trained on grids and where the smaller
-    field of view is under :data:`DENSE_FOV_RATIO` of the larger, sparse otherwise."""
-    if matching != "auto":
+    """``matching`` with ``auto`` and ``descriptors`` resolved: dense for features trained on grids and
+    where the smaller field of view is under :data:`DENSE_FOV_RATIO` of the larger, sparse otherwise."""
+    if matching not in ("auto", "descriptors"):
         return "dense" if matching == "dense" else "sparse"
     return "dense" if features.dense_by_default or fov_ratio < DENSE_FOV_RATIO else "sparse"
 

@@ -5,21 +5,29 @@ plan (working grids, fields of view, which image holds the queries, sparse, dens
 MATCHERS) -> estimate (RANSAC) -> verify (overlap, confidence, round trip) -> polish (intensity
 refinement) -> deformable (optional: a displacement field after the linear transform).
 docs/architecture.md draws it; each stage is a function of its own module.
+
+With ``matching="auto"`` on 2D images and a matcher model at hand, the matcher network goes first;
+when its matches give no transform the checks stand behind (too few, or a refused confidence), the
+pair is registered again with ``matching="descriptors"`` (the configured features' sparse or dense
+matching), and ``Result.timings_s`` keeps the network's attempt as ``matcher2d_refused``.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from crossreg.config import RegisterConfig
 from crossreg.correspond import correspond
 from crossreg.deformable import deform
 from crossreg.describe import describe
+from crossreg.errors import NoOverlapError, RegistrationFailed
 from crossreg.estimate import estimate
 from crossreg.features import make_features
 from crossreg.image import Image
-from crossreg.plan import plan_pair
+from crossreg.plan import plan_pair, uses_matcher2d
 from crossreg.polish import polish
 from crossreg.result import Result
 from crossreg.stopwatch import Stopwatch
@@ -41,6 +49,22 @@ def register(
     NoOverlapError when the found transform leaves the images without common field of view.
     """
     config = config or RegisterConfig()
+    if config.matching != "auto" or not uses_matcher2d(config, fixed.ndim):
+        return _register(fixed, moving, config, on_stage)
+    start = time.perf_counter()
+    try:
+        return _register(fixed, moving, config, on_stage)
+    except (RegistrationFailed, NoOverlapError) as err:
+        log.info("matcher network: %s; registering with %s descriptors instead", err, config.features)
+        refused = time.perf_counter() - start
+    result = _register(fixed, moving, replace(config, matching="descriptors"), on_stage)
+    return replace(result, timings_s={"matcher2d_refused": refused, **result.timings_s})
+
+
+def _register(
+    fixed: Image, moving: Image, config: RegisterConfig, on_stage: Callable[[str], None] | None
+) -> Result:
+    """The pipeline once."""
     features = make_features(config, fixed.ndim)
     clock = Stopwatch(on_stage)
     with clock("plan", "working grids and fields of view"):

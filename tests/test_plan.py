@@ -84,10 +84,14 @@ def test_matcher2d_plans_ask_the_fixed_image_on_the_matchers_grids(slice_pair, t
             plan.mode == "matcher2d" and plan.query.role == "fixed" and plan.ransac == config.matcher2d.ransac
         )
         expected = working_spacing(slice_pair.fixed, slice_pair.moving, None, WORKING_PIXELS, MATCHER_UPSAMPLE)
-        assert plan.spacing_mm == expected
-    if not matcher_available(None):
-        auto = RegisterConfig()
-        assert plan_pair(slice_pair.fixed, slice_pair.moving, auto, make_features(auto, 2)).mode == "dense"
+        # a 2 mm slice is upsampled for the network's 8-pixel cells
+        assert plan.spacing_mm == expected < min(slice_pair.fixed.spacing_mm) / 2
+    # the shipped model makes auto use it for 2D; descriptors never does
+    assert matcher_available(None)
+    auto, descriptors = RegisterConfig(), RegisterConfig(matching="descriptors")
+    assert plan_pair(slice_pair.fixed, slice_pair.moving, auto, make_features(auto, 2)).mode == "matcher2d"
+    plan = plan_pair(slice_pair.fixed, slice_pair.moving, descriptors, make_features(descriptors, 2))
+    assert plan.mode == "dense" and plan.spacing_mm == working_spacing(slice_pair.fixed, slice_pair.moving)
 
 
 def test_matcher2d_on_3d_images_is_one_clear_error():

@@ -64,6 +64,36 @@ def test_2d_cross_modal_recovered():
     assert mean_tre(case, result.transform.inverse()) > 15.0
 
 
+def test_2d_auto_goes_to_the_matcher_network_first():
+    sl = datasets.mni152_slice(1, "axial")
+    case = make_case(sl, "t2", 15.0, 15.0, fov_fraction=0.7, moving_spacing_mm=(1.0, 1.5), seed=1)
+    result = register(case.fixed, case.moving, RegisterConfig(seed=0, refine=None))
+    # the network's matches, not MIND-SSC's: it answered, so there was no second attempt
+    assert "matcher2d_refused" not in result.timings_s
+    assert mean_tre(case, result.transform) < 1.0 and result.confidence >= 0.5
+
+
+def test_2d_auto_falls_back_to_descriptors_when_the_network_is_refused(monkeypatch):
+    import crossreg.correspond as correspond
+
+    def nothing(query, reference, config):  # a network that finds no matches on this pair
+        found = correspond.detector_free(query, reference, config)
+        return correspond.Correspondences(
+            found.query_mm[:0], found.reference_mm[:0], found.confidence[:0], found.query, found.reference
+        )
+
+    monkeypatch.setitem(correspond.MATCHERS, "matcher2d", nothing)
+    sl = datasets.mni152_slice(1, "axial")
+    case = make_case(sl, "t2", 15.0, 15.0, fov_fraction=0.7, moving_spacing_mm=(1.0, 1.5), seed=1)
+    result = register(case.fixed, case.moving, RegisterConfig(seed=0, refine=None))
+    descriptors = register(case.fixed, case.moving, RegisterConfig(seed=0, refine=None, matching="descriptors"))
+    assert result.timings_s["matcher2d_refused"] > 0
+    assert np.array_equal(result.transform.homogeneous(), descriptors.transform.homogeneous())
+    assert mean_tre(case, result.transform) < 1.0
+    with pytest.raises(RegistrationFailed):  # asked for explicitly, the network's refusal stands
+        register(case.fixed, case.moving, RegisterConfig(seed=0, refine=None, matching="matcher2d"))
+
+
 def test_dimension_mismatch(case3d):
     with pytest.raises(DimensionMismatchError):
         register(case3d.fixed, datasets.mni152_slice(1, "axial"))

@@ -62,9 +62,10 @@ def register(
         MatchingName,
         typer.Option(
             help="dense: a grid over the smaller image (e.g. an ultrasound cone) against a grid over the "
-            "larger; sparse: keypoints on both; matcher2d (2D only): the pretrained matcher network; auto: "
-            "matcher2d for 2D images where a matcher model is shipped or given, else dense for crosskey, "
-            "and for mind where one field of view is under a quarter of the other."
+            "larger; sparse: keypoints on both; matcher2d (2D only): the pretrained matcher network; "
+            "descriptors: dense for crosskey, and for mind where one field of view is under a quarter of "
+            "the other, else sparse; auto: for 2D images the matcher network first (where a model is "
+            "shipped or given), then descriptors if its answer is refused; descriptors otherwise."
         ),
     ] = "auto",
     matcher_weights: Annotated[

@@ -311,8 +311,9 @@ def crossreg_methods(device: str = "cpu", weights: str | None = None) -> list[Me
     """For every kind of :data:`crossreg.features.FEATURES`: ``<name>`` (the defaults),
     ``<name>-norefine``, and ``<name>-<matcher>`` for every descriptor matcher of
     :data:`crossreg.correspond.MATCHERS` forced; then ``crosskey-learned``, CrossKEY's learned
-    descriptor alone (no MIND-SSC re-ranking, no refinement), and ``crossreg-matcher2d``, the 2D
-    matcher network (2D cases only; MIND-SSC for its round trip). ``weights``: a model file for the
+    descriptor alone (no MIND-SSC re-ranking, no refinement), ``crossreg-matcher2d``, the 2D
+    matcher network alone (2D cases only; MIND-SSC for its round trip), and ``crossreg-descriptors``,
+    MIND-SSC matching without the network (on 3D the same as ``crossreg``). ``weights``: a model file for the
     learned features (None: the shipped ones)."""
     methods = []
     for kind in FEATURES:
@@ -329,6 +330,7 @@ def crossreg_methods(device: str = "cpu", weights: str | None = None) -> list[Me
         *methods,
         crossreg_method("crosskey-learned", replace(crosskey, dense=DenseConfig(shortlist=0))),
         crossreg_method("crossreg-matcher2d", RegisterConfig(matching="matcher2d", device=device)),
+        crossreg_method("crossreg-descriptors", RegisterConfig(matching="descriptors", device=device)),
     ]
 
 
