@@ -81,7 +81,11 @@ class Plan:
 
 
 def working_spacing(
-    fixed: Image, moving: Image, spacing_mm: float | None = None, size: int | None = None, upsample: float = 1.0
+    fixed: Image,
+    moving: Image,
+    spacing_mm: float | None = None,
+    size: int | None = None,
+    upsample: float = 1.0,
 ) -> float:
     """Isotropic spacing (mm) of the working grids: ``spacing_mm`` if given, else the larger image
     extent over ``size`` voxels (None: :data:`WORKING_SIZE`), never finer than the finest input voxel

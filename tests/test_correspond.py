@@ -27,8 +27,8 @@ def run(case, config):
 
 @pytest.fixture(scope="module")
 def sector_case():
-    """A T2-like slab of a fifth of an axial slice, 15 deg / 15 mm away: matched densely (`auto`), the
-    moving image holding the queries."""
+    """A T2-like slab of a fifth of an axial slice, 15 deg / 15 mm away: matched densely
+    (`descriptors`), the moving image holding the queries."""
     return make_case(datasets.mni152_slice(1, "axial"), "t2", 15.0, 15.0, fov_fraction=0.2, seed=1)
 
 
@@ -38,7 +38,7 @@ def precision(case, fixed_mm: torch.Tensor, moving_mm: torch.Tensor, within_mm: 
 
 
 def test_dense_matches_of_moving_queries_come_back_as_fixed_to_moving(sector_case):
-    plan, query, reference, pairs = run(sector_case, RegisterConfig())
+    plan, query, reference, pairs = run(sector_case, RegisterConfig(matching="descriptors"))
     assert plan.mode == "dense" and query.side.role == "moving"
     assert len(pairs) == len(query)  # every query is matched
     assert pairs.moving_mm is pairs.query_mm and pairs.fixed_mm is pairs.reference_mm
@@ -61,7 +61,7 @@ def test_confidence_is_one_minus_the_distance_ratio(sector_case):
 
 
 def test_every_descriptor_matcher_pairs_described_points(sector_case):
-    config = RegisterConfig()
+    config = RegisterConfig(matching="descriptors")
     _, query, reference, _ = run(sector_case, config)
     for name in ("sparse", "dense"):
         found = MATCHERS[name](query, reference, config)

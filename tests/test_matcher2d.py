@@ -96,7 +96,14 @@ def test_match_images_pads_any_size_and_keeps_points_inside():
     assert bool((found.points1_px.max(0).values <= torch.tensor([40, 49])).all())
 
 
-def test_no_shipped_model_is_one_clear_error():
+def test_the_shipped_model_is_trained_and_carded_and_its_absence_one_clear_error(monkeypatch, tmp_path):
+    import crossreg.matcher2d.match as match_module
+
+    _, meta = load_matcher(None)
+    assert meta["kind"] == KIND and meta["steps"] >= 16000 and meta["commit"]
+    card = match_module.shipped_weights(match_module.SHIPPED).with_suffix(".md")
+    assert f"{meta['steps']:,}" in card.read_text()  # the card describes this very file
+    monkeypatch.setattr(match_module, "shipped_weights", lambda name: tmp_path / name)
     with pytest.raises(ModelLoadError, match="crossreg train matcher"):
         load_matcher(None)
 

@@ -34,7 +34,7 @@ def test_auto_is_dense_for_features_trained_on_grids_and_for_small_fields_of_vie
 
 
 def test_dense_plan_puts_the_queries_on_the_smaller_field_of_view_either_way(slice_pair):
-    case, config = slice_pair, RegisterConfig()
+    case, config = slice_pair, RegisterConfig(matching="descriptors")
     features = make_features(config, 2)
     plan = plan_pair(case.fixed, case.moving, config, features)
     assert plan.mode == "dense" and plan.fov_ratio < DENSE_FOV_RATIO
@@ -55,7 +55,7 @@ def test_sparse_plan_asks_the_fixed_image_and_uses_its_own_ransac(slice_pair):
 
 
 def test_working_images_carry_their_field_of_view_on_one_isotropic_grid(slice_pair):
-    case, config = slice_pair, RegisterConfig()
+    case, config = slice_pair, RegisterConfig(matching="descriptors")
     plan = plan_pair(case.fixed, case.moving, config, make_features(config, 2))
     spacing = working_spacing(case.fixed, case.moving)
     assert plan.spacing_mm == spacing
@@ -83,7 +83,8 @@ def test_matcher2d_plans_ask_the_fixed_image_on_the_matchers_grids(slice_pair, t
         assert (
             plan.mode == "matcher2d" and plan.query.role == "fixed" and plan.ransac == config.matcher2d.ransac
         )
-        expected = working_spacing(slice_pair.fixed, slice_pair.moving, None, WORKING_PIXELS, MATCHER_UPSAMPLE)
+        pair = (slice_pair.fixed, slice_pair.moving)
+        expected = working_spacing(*pair, None, WORKING_PIXELS, MATCHER_UPSAMPLE)
         # a 2 mm slice is upsampled for the network's 8-pixel cells
         assert plan.spacing_mm == expected < min(slice_pair.fixed.spacing_mm) / 2
     # the shipped model makes auto use it for 2D; descriptors never does

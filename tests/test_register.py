@@ -86,7 +86,8 @@ def test_2d_auto_falls_back_to_descriptors_when_the_network_is_refused(monkeypat
     sl = datasets.mni152_slice(1, "axial")
     case = make_case(sl, "t2", 15.0, 15.0, fov_fraction=0.7, moving_spacing_mm=(1.0, 1.5), seed=1)
     result = register(case.fixed, case.moving, RegisterConfig(seed=0, refine=None))
-    descriptors = register(case.fixed, case.moving, RegisterConfig(seed=0, refine=None, matching="descriptors"))
+    config = RegisterConfig(seed=0, refine=None, matching="descriptors")
+    descriptors = register(case.fixed, case.moving, config)
     assert result.timings_s["matcher2d_refused"] > 0
     assert np.array_equal(result.transform.homogeneous(), descriptors.transform.homogeneous())
     assert mean_tre(case, result.transform) < 1.0

@@ -96,8 +96,9 @@ def coarse_pixels(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     h, w = x.shape[-2:]
     fy, fx = (1 + 3 * torch.rand(2, generator=gen)).tolist()
     small = F.interpolate(x, size=(max(4, round(h / fy)), max(4, round(w / fx))), mode="area")
-    mode = "nearest" if torch.rand(1, generator=gen) < 0.5 else "bilinear"
-    return F.interpolate(small, size=(h, w), mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
+    if torch.rand(1, generator=gen) < 0.5:
+        return F.interpolate(small, size=(h, w), mode="nearest")
+    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
 
 
 def degrade(x: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
