@@ -153,9 +153,9 @@ def warped_grid_lines(transform: DeformableTransform, grid: Grid, step_mm: float
     lines = [np.column_stack([np.full_like(dense[1], u), dense[1]]) for u in ticks[0]]
     lines += [np.column_stack([dense[0], np.full_like(dense[0], v)]) for v in ticks[1]]
     plane = [] if grid.ndim == 2 else [1.0]
-    index = [np.column_stack([line, np.full((len(line), len(plane)), plane)]) for line in lines]
-    moved = [grid.world_to_index(field_only.apply(grid.index_to_world(i)))[:, :2] for i in index]
-    return moved
+    index = np.concatenate([np.column_stack([x, np.full((len(x), len(plane)), plane)]) for x in lines])
+    moved = grid.world_to_index(field_only.apply(grid.index_to_world(index)))[:, :2]
+    return np.split(moved, np.cumsum([len(line) for line in lines])[:-1])
 
 
 def _sampled(image: Image, grid: Grid, transform: AnyTransform | None) -> np.ndarray:
