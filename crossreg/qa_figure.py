@@ -76,7 +76,8 @@ def qa_figure(
     if deformable is not None:
         axes[-1, 0].set_ylabel("deformation", fontsize=11, fontweight="bold")
         fig.colorbar(image, ax=axes[-1, -1], label="det J", shrink=0.8, extend="min")
-    fig.suptitle(title, fontsize=12, fontweight="bold")
+    chars = int(fig.get_figwidth() * 72 / (0.6 * 12))
+    fig.suptitle(textwrap.fill(title, chars), fontsize=12, fontweight="bold")
     fig.supxlabel(
         _caption(transform, deformable, confidence, box, margin_mm, fig.get_figwidth()),
         fontsize=SUMMARY_PT,
