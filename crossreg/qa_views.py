@@ -26,8 +26,8 @@ from crossreg.viz import Letters, plane_grids
 
 AnyTransform = Transform | DeformableTransform
 Stage = tuple[str, AnyTransform]  # (what the row shows, fixed -> moving transform)
-ZOOM_PX = 240  # longest side of a zoomed slice
-_BOX_GRID_PX = 128  # longest side of the coarse grid the zoom box is found on
+ZOOM_PX = 200  # longest side of a zoomed slice
+_BOX_GRID_PX = 64  # longest side of the coarse grid the zoom box is found on
 _EDGE_SIGMA_MM = 1.0
 
 

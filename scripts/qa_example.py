@@ -3,7 +3,7 @@ shift, registered rigidly and then with the deformable stage (the real one, not 
 
 Usage::
 
-    python scripts/qa_example.py [--out docs/img/qa_example.png] [--dpi 60]   # ~3 min on 2 CPU cores
+    python scripts/qa_example.py [--out docs/img/qa_example.png] [--dpi 52]   # ~3 min on 2 CPU cores
 
 The case is ``crossreg.evaluate.cases.synthetic_cases(["us-shift"], 1, seed=100, ndim=3)``: the MNI152
 T1 (2 mm) as fixed, a simulated ultrasound cone of the sagged brain as moving.
@@ -23,7 +23,7 @@ from crossreg.register import register
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/img/qa_example.png")
-    parser.add_argument("--dpi", type=int, default=60)
+    parser.add_argument("--dpi", type=int, default=52)
     args = parser.parse_args()
     (case,) = synthetic_cases(["us-shift"], 1, seed=100, ndim=3)
     result = register(case.fixed, case.moving, RegisterConfig(deformable=DeformableConfig()))

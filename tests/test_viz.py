@@ -289,18 +289,18 @@ def test_save_qa_rigid_cone(tmp_path, cone_case):
     _check_png(path, fig.get_size_inches(), 50)
 
 
-def test_save_qa_deformable_adds_a_stage_and_the_deformation_row(tmp_path, cone_case):
+def test_qa_figure_deformable_adds_a_stage_and_the_deformation_row(tmp_path, cone_case):
     fixed, moving, t = cone_case.fixed, cone_case.moving, cone_case.true_transform
-    field = _field_image(fixed.grid, _bump(fixed.grid.center_mm(), 3.0, 10.0))
-    result = _deformable(t, field, max_mm=3.0)
-    fig = qa_figure(fixed, moving, t, result, "cone, deformable")
+    coarse = Grid((30, 30, 30), (4.0, 4.0, 4.0), tuple(fixed.grid.center_mm() - 58.0), np.eye(3))
+    field = _field_image(coarse, _bump(fixed.grid.center_mm(), 3.0, 10.0))
+    fig = qa_figure(fixed, moving, t, _deformable(t, field, max_mm=3.0), "cone, deformable")
     labels = [ax.get_ylabel() for ax in fig.axes[:24:6]]
     assert labels == ["before (identity)", "after rigid", "after deformable", "deformation"]
     assert len(fig.axes) == 25  # 4 rows x 6 panels and the det J colour bar
     assert any(isinstance(c, LineCollection) for c in fig.axes[18].collections)
-    path = tmp_path / "qa.png"
-    save_qa(path, fixed, moving, t, result, "cone, deformable", dpi=40)
-    _check_png(path, fig.get_size_inches(), 40)
+    assert "max displacement 3.0 mm" in fig.get_supxlabel()
+    fig.savefig(tmp_path / "qa.png", dpi=30)
+    _check_png(tmp_path / "qa.png", fig.get_size_inches(), 30)
 
 
 def test_save_qa_2d_real_data(tmp_path, mni):
