@@ -19,9 +19,9 @@ from crossreg import markups
 from crossreg.errors import OutputWriteError
 from crossreg.imageio import save
 from crossreg.outputs import atomic_write, atomic_write_text
+from crossreg.qa_figure import save_qa
 from crossreg.result import Result
 from crossreg.transform import AffineTransform, Model, displacement_field
-from crossreg.viz import save_qa
 
 #: Transform file suffixes ``crossreg register --out`` takes, per kind of model.
 TRANSFORM_SUFFIXES = {"linear": (".tfm", ".txt"), "homography": (".json",), "deformable": (".h5",)}
@@ -124,8 +124,15 @@ def _write_all(
         save(result.resampled(), resampled_path)
         written.append(Path(resampled_path))
     if qa_path is not None:
-        matched = (result.fixed_points_mm, result.moving_points_mm, result.inliers)
-        save_qa(qa_path, result.fixed, result.moving, result.transform, matched, title=result.summary())
+        save_qa(
+            qa_path,
+            result.fixed,
+            result.moving,
+            result.transform,
+            result.deformable,
+            title=result.summary(),
+            confidence=result.confidence,
+        )
         written.append(Path(qa_path))
     if matches_path is not None:
         _write_matches(result, Path(matches_path), written)

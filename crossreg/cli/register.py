@@ -41,7 +41,7 @@ def register(
         Path | None, typer.Option(help="Also write MOVING resampled onto the FIXED grid (e.g. R.nii.gz).")
     ] = None,
     qa: Annotated[
-        Path | None, typer.Option(help="Also write a QA figure (PNG): overlays before/after, matches.")
+        Path | None, typer.Option(help="Also write a QA figure (PNG): fusion before/after, zoomed.")
     ] = None,
     matches: Annotated[
         Path | None,
