@@ -5,7 +5,7 @@
 #
 # Trains `crossreg train matcher` for at most MINUTES of a STEPS-step schedule (default 30000), then
 # writes $OUT/matcher2d_metrics.json: matching on 64 pairs per family, zero-shot on the held-out
-# families (edges, speckle) and on the training ones, at 256 x 256. If resume/ holds the pieces of an
+# families (edges, emission) and on the training ones, at 256 x 256. If resume/ holds the pieces of an
 # earlier chunk's checkpoint (matcher2d.ckpt.part-*) and its log, the run goes on with the same
 # schedule; with only resume/matcher2d.pt and the log it goes on with a fresh optimiser. Files come
 # back at most 16 MiB each: the checkpoint is split into 15 MB pieces. The device has no SimpleITK

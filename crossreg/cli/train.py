@@ -207,7 +207,7 @@ def matcher(
     force: Force = False,
 ) -> None:
     """Train the 2D detector-free matcher on synthetic pairs made on DEVICE (real slices, photographs and
-    procedural pictures under random modalities and warps); the edges and speckle families are held out."""
+    procedural pictures under random modalities and warps); the edges and emission families are held out."""
     from dataclasses import replace
 
     from crossreg.outputs import check_outputs
