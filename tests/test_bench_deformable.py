@@ -80,3 +80,41 @@ def test_folded_share_counts_a_fold_and_not_a_rotation(shift_case):
     folding = field.with_array(noise)  # 3 mm jumps between 2 mm voxels
     share = folded_share(DeformableTransform(shift_case.true_transform.linear, folding), fixed)
     assert 0.0 < share < 1.0
+
+
+def test_deformable_methods_share_one_rigid_run_and_stay_out_of_the_defaults(monkeypatch, shift_case):
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from crossreg.cli import app
+    from crossreg.evaluate.baselines import default_methods
+
+    methods = from_rigid.deformable_methods()
+    names = [m.name for m in methods]
+    assert names == [
+        "crossreg-rigid",
+        "crossreg-deformable",
+        "ants-syn-from-rigid",
+        "elastix-bspline-from-rigid",
+    ]
+    assert all(m.ndims == (3,) for m in methods)
+    assert not set(names) & {m.name for m in default_methods()}
+    listed = CliRunner().invoke(app, ["bench", "--list-methods"]).output
+    assert all(name in listed for name in names)
+
+    calls = []
+    linear = shift_case.true_transform.linear
+    found = SimpleNamespace(
+        transform=linear, fixed_points_mm=np.zeros((0, 2)), moving_points_mm=np.zeros((0, 2))
+    )
+    monkeypatch.setattr(from_rigid, "register", lambda *args: calls.append(args) or found)
+    field = DeformableTransform(linear, shift_case.true_transform.field)
+    stage = SimpleNamespace(transform=field, seconds=1.0)
+    monkeypatch.setattr(from_rigid, "deform", lambda *args: stage)
+    rigid, deformable = methods[0], methods[1]
+    assert rigid.run(shift_case.fixed, shift_case.moving, 7).transform is linear
+    assert deformable.run(shift_case.fixed, shift_case.moving, 7).transform is field
+    assert len(calls) == 1  # the deformable method reused the rigid run
+    deformable.run(shift_case.fixed, shift_case.moving, 8)  # another seed: another rigid run
+    assert len(calls) == 2
