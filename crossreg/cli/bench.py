@@ -34,7 +34,11 @@ def bench(
         typer.Option(help="A folder of real case folders (fixed.*, moving.*, landmarks.csv); repeatable."),
     ] = None,
     methods: Annotated[
-        str | None, typer.Option(help="Comma-separated methods (default: all of them; see --list-methods).")
+        str | None,
+        typer.Option(
+            help="Comma-separated methods (default: all but the deformable ones, 3D only: crossreg-rigid, "
+            "crossreg-deformable, ants-syn-from-rigid, ...; see --list-methods)."
+        ),
     ] = None,
     weights: Annotated[
         Path | None, typer.Option(help="CrossKEY model for the crosskey methods (default: the shipped one).")
@@ -52,10 +56,12 @@ def bench(
     from crossreg.evaluate.baselines import default_methods
     from crossreg.evaluate.bench import run_bench
     from crossreg.evaluate.cases import BENCH_KINDS, folder_cases, synthetic_cases
+    from crossreg.evaluate.from_rigid import deformable_methods
     from crossreg.evaluate.report import to_markdown
     from crossreg.outputs import check_outputs
 
-    available = default_methods(device, None if weights is None else str(weights))
+    defaults = default_methods(device, None if weights is None else str(weights))
+    available = defaults + deformable_methods(device)
     if list_methods:
         for m in available:
             console.print(f"{m.name}: {m.missing() or 'available'}", highlight=False)
@@ -65,7 +71,7 @@ def bench(
     if ndim not in (2, 3):
         raise CrossregError(f"--ndim {ndim}: expected 2 or 3")
     names = parse_list(methods, "--methods", tuple(m.name for m in available)) if methods else None
-    chosen = [m for m in available if names is None or m.name in names]
+    chosen = defaults if names is None else [m for m in available if m.name in names]
     cases = [c for folder in data or [] for c in folder_cases(folder)]
     if kinds.strip().lower() != "none" and n_per_kind > 0:
         cases += synthetic_cases(parse_list(kinds, "--kinds", BENCH_KINDS), n_per_kind, seed, ndim)

@@ -48,6 +48,7 @@ def cost_volume(
     moving: torch.Tensor,
     fixed_mask: torch.Tensor,
     moving_mask: torch.Tensor,
+    weight: torch.Tensor,
     k: int,
     radius_steps: int,
     step_vox: int,
@@ -57,14 +58,16 @@ def cost_volume(
     fixed, moving: ``(C, *spatial)`` features on one grid; masks ``(*spatial)`` bool. A candidate that
     looks outside the moving mask costs what the node's valid candidates cost on average; a node
     outside the fixed mask, or with no valid candidate, costs nothing anywhere: the coupling alone
-    places it. Costs are normalised to mean 1 over valid entries.
+    places it. Costs are normalised to mean 1 over valid entries, then scaled by the node's block mean
+    of ``weight`` ``(*spatial)`` in [0, 1] (structure confidence): a flat node hardly pulls.
     """
     margin = radius_steps * step_vox
-    f = _pad_to_blocks(torch.cat([fixed, fixed_mask[None].float()]), k, 0)
+    f = _pad_to_blocks(torch.cat([fixed, weight[None], fixed_mask[None].float()]), k, 0)
     m = _pad_to_blocks(torch.cat([moving, moving_mask[None].float()]), k, margin)
     pool = F.avg_pool3d if fixed.dim() == 4 else F.avg_pool2d
     f_nodes = pool(f[None], k, stride=k)[0]
     m_blocks = pool(m[None], k, stride=1)[0]
+    f_nodes, node_weight = torch.cat([f_nodes[:-2], f_nodes[-1:]]), f_nodes[-2]
     nodes = f_nodes.shape[1:]
     # The block means in k^d phases (voxel index mod k), each contiguous: every candidate then reads
     # one contiguous slice of one phase instead of a strided gather.
@@ -93,7 +96,7 @@ def cost_volume(
     cost = torch.where(inside, cost, mean)
     cost = torch.where((f_nodes[-1] > 0.5) & (count > 0), cost, 0.0)
     cost = box_mean(cost, 1)  # ConvexAdam's spatial aggregation: a node's cost sees its neighbours
-    return cost / cost[cost > 0].mean().clamp(min=1e-12)
+    return cost / cost[cost > 0].mean().clamp(min=1e-12) * box_mean(node_weight[None], 1)
 
 
 def coupled_convex(cost: torch.Tensor, offsets: torch.Tensor, step_vox: float) -> torch.Tensor:

@@ -1,5 +1,13 @@
 """The deformable stage's inputs: both images' MIND-SSC features on the fixed image's working grid,
-the moving one seen through the linear result, each with its field-of-view mask."""
+the moving one seen through the linear result, each with its field-of-view mask and its structure
+confidence.
+
+MIND-SSC divides by the local variance, so where an image is flat (CT soft tissue, the inside of
+white matter) its channels are normalised noise, and a field that matches them follows noise. The
+confidence ``c = s / (s + tau)`` of the local gradient energy ``s`` (Gaussian-smoothed) says where an
+image has structure: ``tau`` is ``structure_floor`` times the energy of its flattest tenth (the noise
+floor), so a flat region weighs little and the regulariser places the field there.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +18,14 @@ import torch
 import torch.nn.functional as F
 
 from crossreg.features.mind import MindConfig, mind_maps
-from crossreg.filters import erode
+from crossreg.filters import erode, gaussian_blur
 from crossreg.image import Grid, Image, axis_aligned_grid, fov_mask, robust_normalize
 from crossreg.resample import resample, working_image
 from crossreg.transform import AffineTransform
 
 # MIND reads this far (in working voxels) beyond its centre: dilation 1 plus the patch's reach.
 _FOOTPRINT_VOX = 2
+_FLOOR_QUANTILE = 0.1  # the flattest tenth of a field of view sets its noise floor
 
 
 @dataclass(frozen=True, eq=False)
@@ -26,6 +35,7 @@ class PairFeatures:
     fixed, moving: ``(C, *grid.shape)`` float32; moving is the moving image resampled through the
     linear transform. fixed_mask, moving_mask: ``(*grid.shape)`` bool, where each has data (the
     moving one eroded by the descriptor's reach, so zero padding never counts as anatomy).
+    fixed_weight, moving_weight: ``(*grid.shape)`` float32 in [0, 1], each image's structure confidence.
     """
 
     grid: Grid
@@ -33,13 +43,21 @@ class PairFeatures:
     moving: torch.Tensor
     fixed_mask: torch.Tensor
     moving_mask: torch.Tensor
+    fixed_weight: torch.Tensor
+    moving_weight: torch.Tensor
 
 
 def pair_features(
-    fixed: Image, moving: Image, linear: AffineTransform, spacing_mm: float, device: str = "cpu"
+    fixed: Image,
+    moving: Image,
+    linear: AffineTransform,
+    spacing_mm: float,
+    structure_floor: float,
+    device: str = "cpu",
 ) -> PairFeatures:
     """MIND-SSC (one dilation of a working voxel) of ``fixed`` and of ``moving`` seen through ``linear``
-    (fixed -> moving), both on the fixed image's working grid of ``spacing_mm``."""
+    (fixed -> moving), both on the fixed image's working grid of ``spacing_mm``, with their structure
+    confidences (``structure_floor`` 0: weight 1 wherever an image has data)."""
     work = working_image(fixed, spacing_mm)
     seen = resample(robust_normalize(moving), work.grid, linear)
     seen = seen.with_array(seen.array, seen.valid_mask() & fov_mask(seen))
@@ -51,7 +69,25 @@ def pair_features(
         mind_maps(seen, config).to(device),
         masks[0].to(device),
         erode(masks[1], _FOOTPRINT_VOX).to(device),
+        *(confidence(im, spacing_mm, structure_floor).to(device) for im in (work, seen)),
     )
+
+
+def confidence(image: Image, sigma_mm: float, floor: float) -> torch.Tensor:
+    """Structure confidence ``(*shape)`` in [0, 1] of an image on a working grid (see the module
+    docstring; gradient energy smoothed by ``sigma_mm``): 0 outside its mask."""
+    x = torch.from_numpy(np.ascontiguousarray(image.array, np.float32))
+    mask = torch.from_numpy(image.valid_mask())
+    if floor == 0:
+        return mask.float()
+    energy = sum(g**2 for g in torch.gradient(x))
+    energy = gaussian_blur((energy * mask)[None], sigma_mm / image.spacing_mm[0])[0]
+    inside = energy[mask]
+    if inside.numel() == 0:
+        return torch.zeros_like(x)
+    tau = floor * torch.quantile(inside[:: max(1, inside.numel() // 100_000)], _FLOOR_QUANTILE)
+    tau = tau.clamp(min=1e-3 * float(inside.mean()) + 1e-12)
+    return torch.where(mask, energy / (energy + tau), 0.0)
 
 
 def halved(pair: PairFeatures) -> PairFeatures:
@@ -69,4 +105,5 @@ def halved(pair: PairFeatures) -> PairFeatures:
     grid = axis_aligned_grid(corner, spacing)
     grid = Grid(tuple((n + 1) // 2 for n in shape), grid.spacing_mm, grid.origin_mm, grid.direction)
     masks = [half(m[None].float())[0] > 0.5 for m in (pair.fixed_mask, pair.moving_mask)]
-    return PairFeatures(grid, half(pair.fixed), half(pair.moving), *masks)
+    weights = [half(w[None])[0] for w in (pair.fixed_weight, pair.moving_weight)]
+    return PairFeatures(grid, half(pair.fixed), half(pair.moving), *masks, *weights)

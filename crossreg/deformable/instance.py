@@ -63,7 +63,7 @@ def instance_optimise(
 ) -> torch.Tensor:
     """Dense displacement ``(d, *shape)`` (voxels) refined from ``start_vox`` by Adam."""
     base = identity_coords(tuple(start_vox.shape[1:]), start_vox.device)
-    moving = torch.cat([pair.moving, pair.moving_mask[None].float()])
+    moving = torch.cat([pair.moving, pair.moving_weight[None], pair.moving_mask[None].float()])
     fixed_mask = pair.fixed_mask.float()
     params = start_vox.clone().requires_grad_(True)
     optimiser = torch.optim.Adam([params], lr=learning_rate_vox)
@@ -72,9 +72,12 @@ def instance_optimise(
         u = smoothed(params)
         seen = warp(moving, u, base)
         overlap = fixed_mask * (seen[-1] > 0.5)
-        diff = ((pair.fixed - seen[:-1]) ** 2).mean(0)
-        data = (overlap * diff).sum() / overlap.sum().clamp(min=1.0)
-        scale = scale or max(data.item(), 1e-12)  # the data term starts at 1, whatever the features
+        diff = ((pair.fixed - seen[:-2]) ** 2).mean(0)
+        # Unweighted, the data term starts at 1 whatever the features; the structure confidence of
+        # both images then scales it down where either is flat.
+        scale = scale or max(float((overlap * diff).detach().sum() / overlap.sum().clamp(min=1.0)), 1e-12)
+        weighted = overlap * pair.fixed_weight * seen[-2]
+        data = (weighted * diff).sum() / overlap.sum().clamp(min=1.0)
         outside = ((1.0 - overlap) * u.pow(2).sum(0)).mean()
         loss = data / scale + weight * diffusion(u) + outside_weight * outside
         optimiser.zero_grad()

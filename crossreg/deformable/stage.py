@@ -50,14 +50,17 @@ def deform(
     """The deformable transform of ``moving`` onto ``fixed`` after ``linear`` (fixed -> moving)."""
     config = config or DeformableConfig()
     start = time.perf_counter()
-    pair = pair_features(fixed, moving, linear, config.feature_spacing_mm, device)
+    pair = pair_features(fixed, moving, linear, config.feature_spacing_mm, config.structure_floor, device)
     spacing = pair.grid.spacing_mm[0]
     k = max(1, round(config.grid_spacing_mm / spacing))
     step = max(1, round(config.step_mm / spacing))
     radius = int(config.capture_mm // (step * spacing))
     offsets = candidates(radius, step, fixed.ndim, pair.fixed.device)
     with torch.no_grad():
-        cost = cost_volume(pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask, k, radius, step)
+        weight = pair.fixed_weight * pair.moving_weight
+        cost = cost_volume(
+            pair.fixed, pair.moving, pair.fixed_mask, pair.moving_mask, weight, k, radius, step
+        )
         nodes = coupled_convex(cost, offsets, float(step))
         del cost
         coarse = to_voxels(nodes, k, pair.grid.shape)

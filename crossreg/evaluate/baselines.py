@@ -29,6 +29,7 @@ import SimpleITK as sitk
 
 from crossreg.config import DenseConfig, RegisterConfig
 from crossreg.correspond import MATCHERS
+from crossreg.deformation import DeformableTransform
 from crossreg.errors import NoOverlapError, RegistrationFailed
 from crossreg.features import FEATURES
 from crossreg.features.weights import shipped_weights
@@ -43,12 +44,13 @@ from crossreg.transform import AffineTransform, from_sitk, read_transform
 class MethodOutput:
     """What one method gave on one case.
 
-    transform: fixed world mm -> moving world mm, or None when ``failed``. seconds: wall time.
+    transform: fixed world mm -> moving world mm (linear or deformable), or None when ``failed``.
+    seconds: wall time.
     matches: ``(fixed_mm (M, d), moving_mm (M, d))`` putative correspondences, for feature methods.
     failed: why no transform was returned (the method's own message), else None.
     """
 
-    transform: AffineTransform | None
+    transform: AffineTransform | DeformableTransform | None
     seconds: float
     matches: tuple[np.ndarray, np.ndarray] | None = None
     failed: str | None = None

@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from crossreg.deformation import DeformableTransform
+from crossreg.image import Image
 from crossreg.transform import AffineTransform
 
 
@@ -70,3 +72,23 @@ def success_rate(tre_means_mm: np.ndarray, threshold_mm: float = 3.0) -> float:
     if t.size == 0:
         raise ValueError("success_rate: no cases")
     return float(np.mean(np.nan_to_num(t, nan=np.inf) <= threshold_mm))
+
+
+def folded_share(
+    transform: AffineTransform | DeformableTransform, fixed: Image, spacing_mm: float = 2.0
+) -> float:
+    """Share (0-1) of the fixed image's field of view where ``transform`` folds: ``det J <= 0`` of
+    ``x -> transform(x)`` on the fixed image's working grid of ``spacing_mm`` (the linear part has
+    determinant 1 for a rigid, so this is the share of its deformation field); 0 for a linear transform."""
+    if isinstance(transform, AffineTransform):
+        return 0.0
+    from crossreg.deformable.jacobian import jacobian_determinant
+    from crossreg.deformation import grid_points
+    from crossreg.resample import working_image
+
+    work = working_image(fixed, spacing_mm)
+    points = grid_points(work.grid)
+    moved_vox = torch.movedim(transform.apply_tensor(points) / spacing_mm, -1, 0)
+    det = jacobian_determinant(moved_vox - torch.movedim(points / spacing_mm, -1, 0))
+    region = torch.from_numpy(work.valid_mask())
+    return float((det[region] <= 0).double().mean()) if region.any() else 0.0

@@ -96,9 +96,10 @@ def format_mm(value: float) -> str:
 
 def _row(s: KindSummary) -> str:
     precision = "–" if s.precision is None else f"{100 * s.precision:.0f}%"
+    folded = "–" if s.folded is None else f"{100 * s.folded:.3f}%"
     return (
         f"| {s.method} | {format_mm(s.mean_mm)} | {format_mm(s.median_mm)} | {format_mm(s.p90_mm)} | "
-        f"{100 * s.success_rate:.0f}% | {precision} | {s.median_seconds:.1f} | {s.n_failed} |"
+        f"{100 * s.success_rate:.0f}% | {precision} | {s.median_seconds:.1f} | {s.n_failed} | {folded} |"
     )
 
 
@@ -113,7 +114,8 @@ def to_markdown(report: BenchReport) -> str:
         "- versions: " + ", ".join(f"{p} {m[p]}" for p in _PACKAGES if p in m),
         f"- TRE: mean landmark error (mm) of the cases a method returned a transform for; success: TRE at "
         f"most {SUCCESS_MM:g} mm, failures counted as unsuccessful; precision: putative matches within "
-        f"{PRECISION_MM:g} mm of the truth; failed: no transform returned.",
+        f"{PRECISION_MM:g} mm of the truth; failed: no transform returned; folded: share of the fixed "
+        "field of view where a deformable transform's Jacobian determinant is <= 0.",
     ]
     for kind in dict.fromkeys(s.kind for s in report.summaries):
         rows = [s for s in report.summaries if s.kind == kind]
@@ -121,8 +123,8 @@ def to_markdown(report: BenchReport) -> str:
             "",
             f"## {kind}: {rows[0].n_cases} cases, initial TRE {format_mm(rows[0].initial_mean_mm)} mm",
             "",
-            "| method | mean TRE | median | p90 | success | precision | median s | failed |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| method | mean TRE | median | p90 | success | precision | median s | failed | folded |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
             *(_row(s) for s in rows),
         ]
     lines += _failure_lines(report)

@@ -6,6 +6,8 @@
   in ``n_failed``, with its message kept. Failures are not scored as the identity because an honest
   "no answer" and a wrong answer are different outcomes for a user; the success rate covers both.
 - success: TRE at most :data:`SUCCESS_MM` (``crossreg.evaluate.metrics.success_rate``).
+- folded: for a deformable transform, the share of the fixed image's field of view where it folds
+  (``crossreg.evaluate.metrics.folded_share``, det J <= 0); None for linear transforms and failures.
 - precision: for methods that return matches, on cases with a true transform, the fraction of
   putative matches within :data:`PRECISION_MM` of where the truth puts them.
 """
@@ -20,7 +22,8 @@ import numpy as np
 
 from crossreg.evaluate.baselines import MethodOutput
 from crossreg.evaluate.cases import BenchCase
-from crossreg.evaluate.metrics import matching_precision, success_rate
+from crossreg.evaluate.metrics import folded_share, matching_precision, success_rate
+from crossreg.transform import AffineTransform
 
 SUCCESS_MM = 3.0
 PRECISION_MM = 3.0
@@ -41,6 +44,7 @@ class CaseResult:
     n_matches: int | None
     seconds: float
     failed: str | None = None
+    folded: float | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class KindSummary:
     success_rate: float
     precision: float | None
     median_seconds: float
+    folded: float | None = None  # mean share over the cases with a deformable transform
 
 
 @dataclass(frozen=True)
@@ -97,8 +102,22 @@ def score(case: BenchCase, method: str, output: MethodOutput) -> CaseResult:
         tre, max_tre = float(errors.mean()), float(errors.max())
     failed = (output.failed or "no transform") if output.transform is None else None
     ok = success_rate(np.array([tre]), SUCCESS_MM) == 1.0
+    folded = None
+    if output.transform is not None and not isinstance(output.transform, AffineTransform):
+        folded = folded_share(output.transform, case.fixed)
     return CaseResult(
-        case.name, case.kind, method, initial, tre, max_tre, ok, precision, n_matches, output.seconds, failed
+        case.name,
+        case.kind,
+        method,
+        initial,
+        tre,
+        max_tre,
+        ok,
+        precision,
+        n_matches,
+        output.seconds,
+        failed,
+        folded,
     )
 
 
@@ -128,6 +147,7 @@ def _summary(kind: str, method: str, rows: list[CaseResult]) -> KindSummary:
     )
     precisions = [r.precision for r in rows if r.precision is not None]
     seconds = np.array([r.seconds for r in rows])
+    folded = [r.folded for r in rows if r.folded is not None]
     return KindSummary(
         kind=kind,
         method=method,
@@ -140,4 +160,5 @@ def _summary(kind: str, method: str, rows: list[CaseResult]) -> KindSummary:
         success_rate=success_rate(tre, SUCCESS_MM),
         precision=float(np.mean(precisions)) if precisions else None,
         median_seconds=float(np.nanmedian(seconds)) if np.isfinite(seconds).any() else float("nan"),
+        folded=float(np.mean(folded)) if folded else None,
     )
