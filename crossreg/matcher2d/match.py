@@ -144,12 +144,17 @@ def refine(
 def _read(
     maps: torch.Tensor, batch: torch.Tensor, points_px: torch.Tensor, size: tuple[int, int]
 ) -> torch.Tensor:
-    """``(M, K, C)``: maps ``(B, C, h, w)`` (covering an image of ``size`` pixels) at points ``(M, K, 2)``."""
+    """``(M, K, C)``: maps ``(B, C, h, w)`` (covering an image of ``size`` pixels) at points ``(M, K, 2)``
+    of map ``batch`` ``(M,)``; one sampling per map, never a copy of a map per point."""
     h, w = size
     scale = torch.tensor([2.0 / w, 2.0 / h], device=points_px.device)
-    grid = ((points_px + 0.5) * scale - 1)[:, :, None]  # (M, K, 1, 2)
-    picked = maps[batch]  # (M, C, h, w)
-    return F.grid_sample(picked, grid, mode="bilinear", align_corners=False)[..., 0].transpose(1, 2)
+    grid = (points_px + 0.5) * scale - 1  # (M, K, 2)
+    out = maps.new_empty(*points_px.shape[:2], maps.shape[1])
+    for k in range(maps.shape[0]):
+        chosen = batch == k
+        sampled = F.grid_sample(maps[k : k + 1], grid[chosen][None], mode="bilinear", align_corners=False)
+        out[chosen] = sampled[0].permute(1, 2, 0)  # (C, M_k, K) -> (M_k, K, C)
+    return out
 
 
 def find_matches(
