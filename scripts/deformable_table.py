@@ -27,6 +27,14 @@ def _tre(row: dict | None) -> float:
     return np.nan if row is None or row["tre_mm"] is None else row["tre_mm"]
 
 
+def _pct(share: float) -> str:
+    return "–" if not np.isfinite(share) else f"{100 * share:.0f}%"
+
+
+def _mm(tre: np.ndarray) -> str:
+    return f"{np.nanmean(tre):.2f}" if np.isfinite(tre).any() else "–"
+
+
 def rows(results: list[dict]) -> list[str]:
     by_case: dict[str, dict[str, dict]] = {}
     for r in results:
@@ -46,14 +54,11 @@ def rows(results: list[dict]) -> list[str]:
             seconds = np.nanmedian(
                 [np.nan if r is None or r["seconds"] is None else r["seconds"] for r in mine]
             )
-            share = (
-                "–" if method == "crossreg-rigid" else f"{100 * removed[0]:.0f}% | {100 * removed[1]:.0f}%"
-            )
-            share = "– | –" if share == "–" else share
+            share = "– | –" if method == "crossreg-rigid" else " | ".join(_pct(v) for v in removed)
             fold = f"{100 * np.mean(folded):.3f}%" if folded else "–"
             failed = int((~np.isfinite(tre)).sum())
             out.append(
-                f"| {kind} | {len(cases)} | {label} | {np.nanmean(tre):.2f} | {share} | {fold} | "
+                f"| {kind} | {len(cases)} | {label} | {_mm(tre)} | {share} | {fold} | "
                 f"{seconds:.0f} | {failed} |"
             )
     return out
