@@ -47,6 +47,8 @@ def rows(results: list[dict]) -> list[str]:
         ok = np.isfinite(rigid) & (rigid < RIGID_OK_MM)
         for method, label in METHODS.items():
             mine = [by_case[c].get(method) for c in cases]
+            if all(r is None for r in mine):  # a run without this method
+                continue
             tre = np.array([_tre(r) for r in mine])
             done = np.isfinite(tre) & np.isfinite(rigid)
             removed = [1 - tre[m].mean() / rigid[m].mean() if m.any() else np.nan for m in (done, done & ok)]
