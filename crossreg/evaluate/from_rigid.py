@@ -156,8 +156,9 @@ def elastix_bspline_field(fixed: Image, aligned: Image, seed: int) -> Image:
             )
         except RuntimeError as err:
             raise RuntimeError(_elastix_error(Path(tmp)) or str(err)) from None
-    field = np.asarray(itk.transformix_deformation_field(moving, found), np.float64)
-    return Image(field.astype(np.float32), fixed.grid)
+        # transformix writes deformationField.nii into its output directory (the working one if none)
+        field = itk.transformix_deformation_field(moving, found, output_directory=tmp)
+        return Image(np.asarray(field, np.float32), fixed.grid)
 
 
 def deformable_methods(device: str = "cpu") -> list[Method]:
