@@ -9,7 +9,8 @@ from crossreg.features import FEATURES
 
 
 def test_vocabularies_are_the_registries():
-    assert ("auto", *MATCHERS) == MATCHING and set(MATCHERS) == {"sparse", "dense", "matcher2d"}
+    assert ("auto", "descriptors", *MATCHERS) == MATCHING
+    assert set(MATCHERS) == {"sparse", "dense", "matcher2d"}
     assert set(FEATURES) == {"mind", "crosskey", "uae"}
 
 
@@ -18,7 +19,10 @@ def test_vocabularies_are_the_registries():
     [
         ({"model": "projective"}, "model 'projective' is unknown; choose from rigid, similarity, affine"),
         ({"features": "sift"}, "features 'sift' is unknown; choose from mind, crosskey, uae"),
-        ({"matching": "global"}, "matching 'global' is unknown; choose from auto, sparse, dense, matcher2d"),
+        (
+            {"matching": "global"},
+            "matching 'global' is unknown; choose from auto, descriptors, sparse, dense, matcher2d",
+        ),
         ({"min_confidence": 1.5}, r"min confidence 1.5: expected a value in \[0, 1\]"),
     ],
 )
