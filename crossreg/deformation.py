@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from crossreg.errors import TransformIOError
 from crossreg.image import Grid, Image
+from crossreg.resample import grid_points_mm
 from crossreg.transform import AffineTransform, from_sitk, to_sitk
 
 COMPOSITE_SUFFIXES = (".h5", ".hdf5")
@@ -91,7 +92,7 @@ class DeformableTransform:
     def displacement(self) -> Image:
         """Total displacement ``u(x) = apply(x) - x`` on the field's grid: one field that moves fixed
         points as the whole transform does (what ANTs and Slicer apply alone); array ``(*shape, d)``."""
-        points = grid_points(self.field.grid)
+        points = grid_points_mm(self.field.grid, dtype=torch.float64)
         total = self.apply_tensor(points) - points
         return Image(total.float().numpy(), self.field.grid)
 
@@ -134,18 +135,10 @@ def warp_image(image: Image, target: Grid, transform: DeformableTransform) -> Im
     its mask marks target voxels that land inside ``image`` (and its mask)."""
     from crossreg.resample import sample_world
 
-    moved = transform.apply_tensor(grid_points(target))
+    moved = transform.apply_tensor(grid_points_mm(target, dtype=torch.float64))
     stacked = np.stack([np.asarray(image.array, np.float32), image.valid_mask().astype(np.float32)])
     values = sample_world(torch.from_numpy(stacked).double(), image.grid, moved)
     return Image(values[0].float().numpy(), target, values[1].numpy() > 0.999, image.source)
-
-
-def grid_points(grid: Grid) -> torch.Tensor:
-    """World positions of ``grid``'s voxel centres, ``(*grid.shape, d)`` float64."""
-    ticks = [torch.arange(n, dtype=torch.float64) for n in grid.shape]
-    index_zyx = torch.stack(torch.meshgrid(*ticks, indexing="ij"), dim=-1)
-    m = torch.as_tensor(grid.index_to_world_matrix(), dtype=torch.float64)
-    return index_zyx.flip(-1) @ m[:-1, :-1].T + m[:-1, -1]
 
 
 def _world_to_index(points_mm: torch.Tensor, grid: Grid) -> torch.Tensor:

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from crossreg.deformable.jacobian import jacobian_determinant
-from crossreg.deformation import DeformableTransform, grid_points, warp_image
+from crossreg.deformation import DeformableTransform, warp_image
 from crossreg.errors import DimensionMismatchError
 from crossreg.filters import gaussian_blur
 from crossreg.image import Grid, Image, axis_aligned_grid, fov_mask, robust_normalize
-from crossreg.resample import resample
+from crossreg.resample import grid_points_mm, resample
 from crossreg.transform import AffineTransform, Transform
 from crossreg.viz import Letters, plane_grids
 
@@ -132,7 +132,7 @@ def jacobian_slice(transform: DeformableTransform, grid: Grid) -> np.ndarray:
     """``(H, W)`` Jacobian determinant of the field ``x -> x + d(x)`` (the linear part left out) on the
     displayed slice of ``grid`` (3D: a three-slice grid, central differences across it)."""
     field_only = DeformableTransform(AffineTransform.identity(grid.ndim), transform.field)
-    points = grid_points(grid)
+    points = grid_points_mm(grid, dtype=torch.float64)
     u_world = field_only.apply_tensor(points) - points
     # Components along the grid's index axes, in voxels: what jacobian_determinant takes.
     direction = torch.as_tensor(np.asarray(grid.direction, float))

@@ -18,6 +18,16 @@ from crossreg.image import Grid, Image, axis_aligned_grid, fov_mask, robust_norm
 from crossreg.transform import AffineTransform, Transform
 
 
+def grid_points_mm(
+    grid: Grid, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """World positions of every voxel centre, ``(*grid.shape, d)`` in ``dtype`` (computed in float64)."""
+    axes = [torch.arange(n, dtype=torch.float64, device=device) for n in grid.shape]
+    index_xyz = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1)
+    m = torch.as_tensor(grid.index_to_world_matrix(), dtype=torch.float64, device=device)
+    return (index_xyz @ m[:-1, :-1].T + m[:-1, -1]).to(dtype)
+
+
 def _normalizer(grid: Grid) -> np.ndarray:
     """Homogeneous matrix taking ``index_xyz`` to grid_sample's [-1, 1] coordinates (align_corners)."""
     d = grid.ndim

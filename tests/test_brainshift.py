@@ -11,7 +11,7 @@ from crossreg.cli import app
 from crossreg.deformation import DeformableTransform
 from crossreg.errors import InvalidConfigError
 from crossreg.imageio import save, to_sitk
-from crossreg.synth.beam import grid_points_mm
+from crossreg.resample import grid_points_mm
 from crossreg.synth.brainshift import ShiftConfig, random_shift
 from crossreg.synth.cases import make_case
 from crossreg.synth.geometry import extract_slice, resample_anisotropic

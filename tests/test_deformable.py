@@ -6,14 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from typer.testing import CliRunner
 
 from crossreg.cli import app
 from crossreg.deformable import DeformableConfig, deform
-from crossreg.deformation import DeformableTransform, grid_points
+from crossreg.deformation import DeformableTransform
 from crossreg.errors import InvalidConfigError
 from crossreg.image import Image, crop_to_mask
 from crossreg.imageio import save
+from crossreg.resample import grid_points_mm
 from crossreg.synth.cases import synthesize
 from crossreg.synth.elastic import ElasticWarp
 from crossreg.transform import AffineTransform
@@ -25,7 +27,7 @@ SIGMA_MM = 14.0
 def _bump_case(image: Image, tissues, seed: int = 1):
     """A T2-like copy of ``image`` pulled through a Gaussian bump ``v``: the moving point ``q`` shows
     what the fixed point ``q + v(q)`` shows. Returns moving, warp, bump centre."""
-    points = grid_points(image.grid).numpy()
+    points = grid_points_mm(image.grid, dtype=torch.float64).numpy()
     centre = image.grid.center_mm() + np.array([15.0, -10.0, 10.0])[: image.ndim]
     direction = np.array([0.6, 0.5, -0.62])[: image.ndim]
     direction = direction / np.linalg.norm(direction)
@@ -37,13 +39,14 @@ def _bump_case(image: Image, tissues, seed: int = 1):
 
 def _box(image: Image, centre_mm: np.ndarray, half_mm: float) -> Image:
     """``image`` cut to a box of +-``half_mm`` around ``centre_mm``: a small, fast fixed image."""
-    inside = np.all(np.abs(grid_points(image.grid).numpy() - centre_mm) <= half_mm, axis=-1)
+    points = grid_points_mm(image.grid, dtype=torch.float64).numpy()
+    inside = np.all(np.abs(points - centre_mm) <= half_mm, axis=-1)
     return crop_to_mask(image.with_array(image.array, inside))
 
 
 def _landmarks(warp: ElasticWarp, brain: np.ndarray, region: np.ndarray, n: int = 40):
     """Fixed and moving landmarks ``(n, d)`` where the bump moves points by over a third of its height."""
-    points = grid_points(warp.grid).numpy()
+    points = grid_points_mm(warp.grid, dtype=torch.float64).numpy()
     strong = (np.linalg.norm(warp.displacement_mm, axis=0) > AMPLITUDE_MM / 3) & brain & region
     q = points[strong][np.random.default_rng(0).choice(int(strong.sum()), n, replace=False)]
     return warp.apply(q), q
@@ -53,7 +56,8 @@ def _landmarks(warp: ElasticWarp, brain: np.ndarray, region: np.ndarray, n: int 
 def bump(t1, tissues):
     moving, warp, centre = _bump_case(t1, tissues)
     fixed = _box(t1, centre, 36.0)
-    inside = fixed.grid.contains(grid_points(t1.grid).numpy().reshape(-1, 3)).reshape(t1.array.shape)
+    points = grid_points_mm(t1.grid, dtype=torch.float64).numpy().reshape(-1, 3)
+    inside = fixed.grid.contains(points).reshape(t1.array.shape)
     return fixed, moving, warp, _landmarks(warp, t1.array > 30, inside)
 
 
@@ -71,14 +75,13 @@ def test_partial_fov_keeps_the_field_small_outside(bump):
     """A cone-like moving field of view (a ball around the bump): the field follows the bump inside
     and fades outside, instead of following zero padding."""
     fixed, moving, _, (pf, pm) = bump
-    points = grid_points(moving.grid).numpy()
+    points = grid_points_mm(moving.grid, dtype=torch.float64).numpy()
     ball = np.linalg.norm(points - fixed.grid.center_mm(), axis=-1) < 22.0
     partial = moving.with_array(moving.array * ball, ball)
     found = deform(fixed, partial, AffineTransform.identity(3))
     u = found.transform.field.array
-    far = (
-        np.linalg.norm(grid_points(found.transform.field.grid).numpy() - fixed.grid.center_mm(), axis=-1) > 40
-    )
+    points = grid_points_mm(found.transform.field.grid, dtype=torch.float64).numpy()
+    far = np.linalg.norm(points - fixed.grid.center_mm(), axis=-1) > 40
     assert np.linalg.norm(u[far], axis=-1).max() < 1.5
     covered = np.linalg.norm(pf - fixed.grid.center_mm(), axis=1) < 18.0
     before = np.linalg.norm(pf - pm, axis=1)[covered]

@@ -9,10 +9,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from crossreg.deformation import DeformableTransform, grid_points
+from crossreg.deformation import DeformableTransform
 from crossreg.errors import TransformIOError
 from crossreg.image import Grid, Image
 from crossreg.imageio import to_sitk as image_to_sitk
+from crossreg.resample import grid_points_mm
 from crossreg.transform import AffineTransform, rigid_from_params
 
 
@@ -25,7 +26,7 @@ def _field_grid() -> Grid:
 
 def _bump(grid: Grid, centre_mm, amplitude_mm, sigma_mm: float) -> Image:
     """A Gaussian bump of displacement ``amplitude_mm`` (world vector) around ``centre_mm``."""
-    points = grid_points(grid).numpy()
+    points = grid_points_mm(grid, dtype=torch.float64).numpy()
     r2 = ((points - np.asarray(centre_mm)) ** 2).sum(-1)
     field = np.exp(-r2 / (2 * sigma_mm**2))[..., None] * np.asarray(amplitude_mm)
     return Image(field.astype(np.float32), grid)
@@ -99,7 +100,7 @@ def test_sitk_resample_undoes_a_known_warp(t1_2mm, tmp_path):
     linear = rigid_from_params(np.array([0.0, 0.0, 6.0]), np.array([5.0, 0.0, 0.0]), grid.center_mm())
     t = DeformableTransform(linear, bump)
     # Moving image content at p = fixed at T^-1(p): sample the fixed image through the inverse.
-    inverse = _numerical_inverse(t, grid_points(grid).reshape(-1, 3).numpy())
+    inverse = _numerical_inverse(t, grid_points_mm(grid, dtype=torch.float64).reshape(-1, 3).numpy())
     moving_values = _sample(fixed, inverse).reshape(fixed.array.shape)
     moving = sitk.GetImageFromArray(moving_values)
     moving.CopyInformation(image_to_sitk(fixed))
@@ -107,7 +108,7 @@ def test_sitk_resample_undoes_a_known_warp(t1_2mm, tmp_path):
     t.save(path)
     back = sitk.Resample(moving, image_to_sitk(fixed), sitk.ReadTransform(str(path)), sitk.sitkLinear)
     back = sitk.GetArrayFromImage(back)
-    near = np.linalg.norm(grid_points(grid).numpy() - centre, axis=-1) < 15.0
+    near = np.linalg.norm(grid_points_mm(grid, dtype=torch.float64).numpy() - centre, axis=-1) < 15.0
     mask = (fixed.array > 20) & near
     err = np.abs(back - fixed.array)[mask].mean()
     err_linear_only = np.abs(

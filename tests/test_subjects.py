@@ -8,8 +8,7 @@ import torch
 
 from crossreg import datasets as data
 from crossreg.errors import InvalidConfigError
-from crossreg.resample import sample_world
-from crossreg.synth.beam import grid_points_mm
+from crossreg.resample import grid_points_mm, sample_world
 from crossreg.synth.diffeo import AffineConfig, AtrophyConfig, DeformationConfig, SmoothFieldConfig
 from crossreg.synth.labels import CLASSES, LabelConfig, head_labels
 from crossreg.synth.subjects import FAMILIES, AppearanceConfig, SubjectConfig, make_subject

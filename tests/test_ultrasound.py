@@ -13,7 +13,8 @@ from crossreg.filters import erode
 from crossreg.image import Grid, Image, fov_mask
 from crossreg.imageio import load, to_sitk
 from crossreg.markups import read_markups_json, read_matches_csv
-from crossreg.synth.beam import beam_basis, grid_points_mm, make_beam, probe_pose_on_surface
+from crossreg.resample import grid_points_mm
+from crossreg.synth.beam import beam_basis, make_beam, probe_pose_on_surface
 from crossreg.synth.cases import make_case
 from crossreg.synth.geometry import extract_slice
 from crossreg.synth.pairs import PAIR_FILES, write_pair

@@ -83,11 +83,10 @@ def folded_share(
     if isinstance(transform, AffineTransform):
         return 0.0
     from crossreg.deformable.jacobian import jacobian_determinant
-    from crossreg.deformation import grid_points
-    from crossreg.resample import working_image
+    from crossreg.resample import grid_points_mm, working_image
 
     work = working_image(fixed, spacing_mm)
-    points = grid_points(work.grid)
+    points = grid_points_mm(work.grid, dtype=torch.float64)
     moved_vox = torch.movedim(transform.apply_tensor(points) / spacing_mm, -1, 0)
     det = jacobian_determinant(moved_vox - torch.movedim(points / spacing_mm, -1, 0))
     region = torch.from_numpy(work.valid_mask())

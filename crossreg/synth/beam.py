@@ -148,14 +148,6 @@ def beam_grid(beam: Beam, spacing_mm: float, lateral_axis: int = 0, thin: bool =
     return Grid((n_across, n_depth, n_lat), (spacing_mm,) * 3, tuple(origin), direction)
 
 
-def grid_points_mm(grid: Grid, device: torch.device | str = "cpu") -> torch.Tensor:
-    """World positions of every voxel centre, ``(*grid.shape, d)`` float32."""
-    axes = [torch.arange(n, dtype=torch.float64, device=device) for n in grid.shape]
-    index_xyz = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1)
-    m = torch.as_tensor(grid.index_to_world_matrix(), dtype=torch.float64, device=device)
-    return (index_xyz @ m[:-1, :-1].T + m[:-1, -1]).float()
-
-
 def probe_pose_on_surface(
     mri: Image, seed: int = 0, mask: np.ndarray | None = None, max_tilt_deg: float = 15.0
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -43,8 +43,8 @@ import torch
 from crossreg.deformation import DeformableTransform
 from crossreg.errors import InvalidConfigError
 from crossreg.image import Grid, Image, axis_aligned_grid, fov_mask
-from crossreg.resample import sample_world
-from crossreg.synth.beam import grid_points_mm, probe_pose_on_surface, tilt
+from crossreg.resample import grid_points_mm, sample_world
+from crossreg.synth.beam import probe_pose_on_surface, tilt
 from crossreg.synth.diffeo import Range, check_range, exponentiate
 from crossreg.synth.elastic import random_elastic
 from crossreg.transform import AffineTransform
@@ -134,7 +134,7 @@ class Shift:
 
     def warp(self, image: Image) -> Image:
         """``image`` pulled through the shift on its own grid: ``W(y) = image(S^-1(y))``, mask alike."""
-        source = self.source_points(grid_points_mm(image.grid).double())
+        source = self.source_points(grid_points_mm(image.grid, dtype=torch.float64))
         valid = image.valid_mask().astype(np.float32)
         stacked = torch.from_numpy(np.stack([np.asarray(image.array, np.float32), valid])).double()
         values = sample_world(stacked, image.grid, source)
@@ -144,7 +144,7 @@ class Shift:
     def pull_mask(self, mask: np.ndarray, grid: Grid) -> np.ndarray:
         """Preoperative-frame mask on ``grid``: True where ``mask`` (shifted frame, on ``grid``) holds
         the tissue, i.e. at ``p`` with ``mask(S(p))`` (linearly interpolated, over one half)."""
-        points = grid_points_mm(grid).double()
+        points = grid_points_mm(grid, dtype=torch.float64)
         moved = points + sample_world(self.forward_mm, self.grid, points).movedim(0, -1)
         values = sample_world(torch.from_numpy(np.asarray(mask, np.float64))[None], grid, moved)
         return values[0].numpy() > 0.5
@@ -183,7 +183,7 @@ class _Component:
 def _bump(grid: Grid, center_mm: np.ndarray, radius_mm: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(1 - |x - c|^2 / R^2)^3`` inside the ball, 0 outside (C2 smooth), ``grid.shape``, and the
     offsets ``x - c`` ``(d, *grid.shape)``, float64."""
-    offset = (grid_points_mm(grid).double() - torch.as_tensor(center_mm)).movedim(-1, 0)
+    offset = (grid_points_mm(grid, dtype=torch.float64) - torch.as_tensor(center_mm)).movedim(-1, 0)
     s = (offset**2).sum(0) / radius_mm**2
     return (1.0 - s).clamp_min(0.0) ** 3, offset
 
@@ -216,7 +216,7 @@ def _random_directions(center_mm: np.ndarray, radius_mm: float, smoothing_mm: fl
 
     def velocity(grid: Grid) -> torch.Tensor:
         weight, _ = _bump(grid, center_mm, radius_mm)
-        return sample_world(noise, warp.grid, grid_points_mm(grid).double()) * weight
+        return sample_world(noise, warp.grid, grid_points_mm(grid, dtype=torch.float64)) * weight
 
     return velocity
 
@@ -322,7 +322,7 @@ def _inverse(velocity: torch.Tensor, forward: torch.Tensor, grid: Grid, steps: i
     inverse, so ``z <- z + A(y) - A(S(z))`` (whose Jacobian is ``I - DA DS ~ 0``, even where the tissue
     is compressed) converges in a few steps."""
     approx = exponentiate(-velocity, grid, steps)
-    points = grid_points_mm(grid).double()
+    points = grid_points_mm(grid, dtype=torch.float64)
 
     def a(x: torch.Tensor) -> torch.Tensor:
         return x + sample_world(approx, grid, x).movedim(0, -1)

@@ -24,7 +24,7 @@ import torch
 from crossreg.deformation import DeformableTransform
 from crossreg.filters import erode
 from crossreg.image import Image, crop_to_mask, fov_mask
-from crossreg.synth.beam import grid_points_mm
+from crossreg.resample import grid_points_mm
 from crossreg.synth.brainshift import Shift, ShiftConfig, ShiftKind, random_shift
 from crossreg.synth.geometry import apply_slab, move, random_rigid, random_slab, sample_landmarks
 from crossreg.synth.intraop import shifted_anatomy

@@ -37,8 +37,7 @@ import torch
 from crossreg.errors import InvalidConfigError
 from crossreg.filters import dilate, erode, gaussian_blur
 from crossreg.image import Grid, Image, axis_aligned_grid
-from crossreg.resample import sample_world
-from crossreg.synth.beam import grid_points_mm
+from crossreg.resample import grid_points_mm, sample_world
 from crossreg.synth.elastic import random_elastic
 from crossreg.synth.geometry import random_affine
 from crossreg.transform import AffineTransform

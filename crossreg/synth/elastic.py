@@ -16,8 +16,7 @@ import torch
 
 from crossreg.filters import gaussian_blur
 from crossreg.image import Grid, Image, axis_aligned_grid
-from crossreg.resample import sample_world
-from crossreg.synth.beam import grid_points_mm
+from crossreg.resample import grid_points_mm, sample_world
 
 
 @dataclass(frozen=True, eq=False)

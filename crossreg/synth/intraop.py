@@ -15,14 +15,14 @@ import torch
 from crossreg.errors import EmptyRegionError
 from crossreg.filters import erode
 from crossreg.image import Grid, Image, fov_mask
-from crossreg.synth.beam import grid_points_mm
+from crossreg.resample import grid_points_mm
 from crossreg.synth.brainshift import Shift
 
 
 def _ball(grid: Grid, center_mm: np.ndarray, inner_mm: float, outer_mm: float) -> np.ndarray:
     """Fraction ``grid.shape`` of each voxel between ``inner_mm`` and ``outer_mm`` from ``center_mm``
     (a one-voxel partial-volume edge)."""
-    dist = np.linalg.norm(grid_points_mm(grid).double().numpy() - center_mm, axis=-1)
+    dist = np.linalg.norm(grid_points_mm(grid, dtype=torch.float64).numpy() - center_mm, axis=-1)
     h = min(grid.spacing_mm)
     return np.clip((outer_mm - dist) / h + 0.5, 0.0, 1.0) * np.clip((dist - inner_mm) / h + 0.5, 0.0, 1.0)
 

@@ -53,7 +53,7 @@ from crossreg.errors import EmptyRegionError, InvalidConfigError
 from crossreg.image import Grid, Image
 from crossreg.imageio import save
 from crossreg.outputs import atomic_write_text, check_outputs
-from crossreg.synth.beam import grid_points_mm
+from crossreg.resample import grid_points_mm
 from crossreg.synth.diffeo import (
     AffineConfig,
     Deformation,

@@ -17,8 +17,8 @@ from matplotlib.figure import Figure
 from crossreg import datasets
 from crossreg.image import Grid, Image, robust_normalize
 from crossreg.outputs import atomic_write
-from crossreg.resample import resample
-from crossreg.synth.beam import beam_grid, grid_points_mm, probe_pose_on_surface
+from crossreg.resample import grid_points_mm, resample
+from crossreg.synth.beam import beam_grid, probe_pose_on_surface
 from crossreg.synth.geometry import extract_slice
 from crossreg.synth.ultrasound import UltrasoundConfig, beam_for, simulate_ultrasound
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from crossreg import datasets
 from crossreg.image import Image, robust_normalize
 from crossreg.outputs import atomic_write
-from crossreg.resample import resample
-from crossreg.synth.beam import grid_points_mm
+from crossreg.resample import grid_points_mm, resample
 from crossreg.synth.cases import Case, make_case
 from crossreg.synth.intraop import shifted_anatomy
 
@@ -49,7 +49,7 @@ def _arrows(ax, case: Case, x_index: int) -> None:
 
 def _row(axes, case: Case, tissues: dict[str, Image], label: str) -> None:
     shift = case.shift
-    points = grid_points_mm(case.fixed.grid).double().reshape(-1, 3).numpy()
+    points = grid_points_mm(case.fixed.grid, dtype=torch.float64).reshape(-1, 3).numpy()
     moved = np.linalg.norm(shift.displacement(points), axis=1)
     site = shift.cavity_center_mm if shift.cavity_center_mm is not None else points[np.argmax(moved)]
     x_index = round(case.fixed.grid.world_to_index(site[None])[0, 0])

@@ -26,8 +26,7 @@ import torch
 from crossreg.errors import InvalidConfigError
 from crossreg.filters import erode, gaussian_blur
 from crossreg.image import Grid, Image
-from crossreg.resample import sample_world
-from crossreg.synth.beam import grid_points_mm
+from crossreg.resample import grid_points_mm, sample_world
 from crossreg.synth.diffeo import (
     FAMILIES,
     Deformation,

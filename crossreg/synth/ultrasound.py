@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 from crossreg.filters import gaussian_blur, gaussian_kernel
 from crossreg.image import Grid, Image
-from crossreg.resample import on_grid, sample_world
-from crossreg.synth.beam import Beam, Probe, grid_points_mm, make_beam, probe_pose_on_surface
+from crossreg.resample import grid_points_mm, on_grid, sample_world
+from crossreg.synth.beam import Beam, Probe, make_beam, probe_pose_on_surface
 from crossreg.synth.modality import tissue_fractions
 
 MAX_BOUNDARY_ECHO = 3.0  # echogenicity of the brightest diffuse boundary
