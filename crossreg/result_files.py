@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from crossreg import markups
+from crossreg.deformation import field_to_sitk
 from crossreg.errors import OutputWriteError
 from crossreg.imageio import save
 from crossreg.outputs import atomic_write, atomic_write_text
@@ -98,7 +99,7 @@ def _write_transform(result: Result, path: Path, written: list[Path]) -> None:
     json_path, field_path = transform_files(path, t.model)
     atomic_write_text(json_path, t.to_json())
     written.append(json_path)
-    field = displacement_field(t, result.fixed.grid)
+    field = field_to_sitk(displacement_field(t, result.fixed.grid))
     atomic_write(field_path, lambda tmp: sitk.WriteImage(field, str(tmp), useCompression=True))
     written.append(field_path)
 

@@ -19,7 +19,7 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from crossreg.errors import TransformIOError
-from crossreg.image import Grid
+from crossreg.image import Grid, Image
 
 Model = Literal["rigid", "similarity", "affine", "homography"]
 
@@ -140,24 +140,18 @@ def read_homography(path: str | Path) -> HomographyTransform:
         raise TransformIOError(f"cannot read homography {path}: {err}") from None
 
 
-def displacement_field(t: HomographyTransform, grid: Grid):
-    """A SimpleITK 2-component float64 vector image on ``grid``: the displacement ``t(x) - x`` (mm) at
-    every pixel centre ``x``, ITK's displacement field convention (the moving point is ``x + d(x)``).
+def displacement_field(t: HomographyTransform, grid: Grid) -> Image:
+    """The displacement ``t(x) - x`` (mm) at every pixel centre ``x`` of ``grid``: an Image of array
+    ``(*grid.shape, 2)``, ITK's displacement field convention (the moving point is ``x + d(x)``).
 
+    Written as a vector image (:func:`crossreg.deformation.field_to_sitk`), a
     ``sitk.DisplacementFieldTransform`` of it maps fixed to moving points as ``t`` does, interpolating
     linearly between pixel centres and not moving points outside ``grid``.
     """
-    import SimpleITK as sitk
-
     ny, nx = grid.shape
     index_xyz = np.stack(np.meshgrid(np.arange(nx), np.arange(ny)), axis=-1).reshape(-1, 2)
     points = grid.index_to_world(index_xyz)
-    field = (t.apply(points) - points).reshape(ny, nx, 2)
-    image = sitk.GetImageFromArray(field, isVector=True)
-    image.SetSpacing([float(s) for s in grid.spacing_mm])
-    image.SetOrigin([float(o) for o in grid.origin_mm])
-    image.SetDirection(np.asarray(grid.direction, float).ravel().tolist())
-    return image
+    return Image((t.apply(points) - points).reshape(ny, nx, 2), grid)
 
 
 def compose(*transforms: AffineTransform) -> AffineTransform:
