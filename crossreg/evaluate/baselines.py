@@ -254,7 +254,7 @@ def elastix_rigid(fixed: Image, moving: Image, seed: int) -> MethodOutput:
     4 levels), started at the geometric centres (as SimpleITK), within the FOV masks."""
     import itk
 
-    elastix = itk.elastix_registration_method  # first access loads elastix (seconds): not timed
+    itk.elastix_registration_method  # noqa: B018  first access loads elastix (seconds): not timed
     start = time.perf_counter()
     params = itk.ParameterObject.New()
     rigid = params.GetDefaultParameterMap("rigid")
@@ -266,20 +266,33 @@ def elastix_rigid(fixed: Image, moving: Image, seed: int) -> MethodOutput:
     params.AddParameterMap(rigid)
     with tempfile.TemporaryDirectory(prefix="crossreg-elastix-") as tmp:
         try:
-            _, found = elastix(
-                _to_itk(fixed.array, fixed),
-                _to_itk(moving.array, moving),
-                parameter_object=params,
-                fixed_mask=_to_itk(fov_mask(fixed), fixed, np.uint8),
-                moving_mask=_to_itk(fov_mask(moving), moving, np.uint8),
-                output_directory=tmp,
-                log_to_file=True,
-                log_to_console=False,
-            )
-        except RuntimeError as err:  # its message only says "see the log": the log says why
-            return _failure(start, RuntimeError(_elastix_error(Path(tmp)) or str(err)))
+            found = run_elastix(fixed, moving, params, Path(tmp))
+        except RuntimeError as err:
+            return _failure(start, err)
     transform = _euler_from_elastix(found.GetParameterMap(0))
     return MethodOutput(transform, time.perf_counter() - start)
+
+
+def run_elastix(fixed: Image, moving: Image, params, log_dir: Path):
+    """elastix of ``moving`` to ``fixed`` with the parameter object ``params``, within both FOV masks,
+    logging to ``log_dir``: its result transform parameter object. Raises RuntimeError with the log's
+    reason (elastix's own message only says "see the log")."""
+    import itk
+
+    try:
+        _, found = itk.elastix_registration_method(
+            _to_itk(fixed.array, fixed),
+            _to_itk(moving.array, moving),
+            parameter_object=params,
+            fixed_mask=_to_itk(fov_mask(fixed), fixed, np.uint8),
+            moving_mask=_to_itk(fov_mask(moving), moving, np.uint8),
+            output_directory=str(log_dir),
+            log_to_file=True,
+            log_to_console=False,
+        )
+    except RuntimeError as err:
+        raise RuntimeError(_elastix_error(log_dir) or str(err)) from None
+    return found
 
 
 def _elastix_error(log_dir: Path) -> str | None:

@@ -25,7 +25,7 @@ from crossreg.config import RegisterConfig
 from crossreg.deformable import DeformableConfig, deform
 from crossreg.deformation import DeformableTransform, field_from_sitk
 from crossreg.errors import NoOverlapError, RegistrationFailed
-from crossreg.evaluate.baselines import Method, MethodOutput, _elastix_error, _failure, _to_itk, to_ants
+from crossreg.evaluate.baselines import Method, MethodOutput, _failure, _to_itk, run_elastix, to_ants
 from crossreg.image import Image, fov_mask
 from crossreg.register import register
 from crossreg.resample import resample
@@ -141,22 +141,10 @@ def elastix_bspline_field(fixed: Image, aligned: Image, seed: int) -> Image:
     bspline["MaximumNumberOfIterations"] = ["128"]
     bspline["RandomSeed"] = [str(seed + 1)]
     params.AddParameterMap(bspline)
-    moving = _to_itk(aligned.array, fixed)
     with tempfile.TemporaryDirectory(prefix="crossreg-bspline-") as tmp:
-        try:
-            _, found = itk.elastix_registration_method(
-                _to_itk(fixed.array, fixed),
-                moving,
-                parameter_object=params,
-                fixed_mask=_to_itk(fov_mask(fixed), fixed, np.uint8),
-                moving_mask=_to_itk(fov_mask(aligned), fixed, np.uint8),
-                output_directory=tmp,
-                log_to_file=True,
-                log_to_console=False,
-            )
-        except RuntimeError as err:
-            raise RuntimeError(_elastix_error(Path(tmp)) or str(err)) from None
+        found = run_elastix(fixed, aligned, params, Path(tmp))  # aligned lies on the fixed grid
         # transformix writes deformationField.nii into its output directory (the working one if none)
+        moving = _to_itk(aligned.array, fixed)
         field = itk.transformix_deformation_field(moving, found, output_directory=tmp)
         return Image(np.asarray(field, np.float32), fixed.grid)
 
