@@ -160,7 +160,7 @@ def test_summaries_on_hand_made_numbers():
         result("ct", "a", float("nan"), 3.0),
     ]
     t2, ct, everything = summarize(rows)
-    assert (t2.kind, t2.n_cases, t2.n_failed) == ("t2", 4, 1)
+    assert (t2.kind, t2.n_cases, t2.n_failed, t2.n_wrong) == ("t2", 4, 1, 1)  # 9 mm: an answer, wrong
     assert t2.mean_mm == pytest.approx(4.0) and t2.median_mm == pytest.approx(2.0)
     assert t2.p90_mm == pytest.approx(7.6)  # numpy's linear percentile of (1, 2, 9)
     assert t2.success_rate == pytest.approx(0.5)  # the failure counts as unsuccessful
@@ -168,6 +168,7 @@ def test_summaries_on_hand_made_numbers():
     assert t2.median_seconds == pytest.approx(5.0)
     assert t2.initial_mean_mm == pytest.approx(20.0)
     assert ct.n_failed == 1 and math.isnan(ct.mean_mm) and ct.success_rate == 0.0 and ct.precision is None
+    assert ct.n_wrong == 0  # a refusal is not a wrong answer
     assert (
         everything.kind == "all" and everything.n_cases == 5 and everything.success_rate == pytest.approx(0.4)
     )

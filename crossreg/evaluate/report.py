@@ -99,7 +99,8 @@ def _row(s: KindSummary) -> str:
     folded = "–" if s.folded is None else f"{100 * s.folded:.3f}%"
     return (
         f"| {s.method} | {format_mm(s.mean_mm)} | {format_mm(s.median_mm)} | {format_mm(s.p90_mm)} | "
-        f"{100 * s.success_rate:.0f}% | {precision} | {s.median_seconds:.1f} | {s.n_failed} | {folded} |"
+        f"{100 * s.success_rate:.0f}% | {precision} | {s.median_seconds:.1f} | {s.n_failed} | {s.n_wrong} | "
+        f"{folded} |"
     )
 
 
@@ -114,7 +115,9 @@ def to_markdown(report: BenchReport) -> str:
         "- versions: " + ", ".join(f"{p} {m[p]}" for p in _PACKAGES if p in m),
         f"- TRE: mean landmark error (mm) of the cases a method returned a transform for; success: TRE at "
         f"most {SUCCESS_MM:g} mm, failures counted as unsuccessful; precision: putative matches within "
-        f"{PRECISION_MM:g} mm of the truth; failed: no transform returned; folded: share of the fixed "
+        f"{PRECISION_MM:g} mm of the truth; failed: no transform returned; wrong: a transform returned with "
+        f"a TRE above {SUCCESS_MM:g} mm (crossreg returns only answers that passed its confidence check); "
+        "folded: share of the fixed "
         "field of view where a deformable transform's Jacobian determinant is <= 0.",
     ]
     for kind in dict.fromkeys(s.kind for s in report.summaries):
@@ -123,8 +126,8 @@ def to_markdown(report: BenchReport) -> str:
             "",
             f"## {kind}: {rows[0].n_cases} cases, initial TRE {format_mm(rows[0].initial_mean_mm)} mm",
             "",
-            "| method | mean TRE | median | p90 | success | precision | median s | failed | folded |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| method | mean TRE | median | p90 | success | precision | median s | failed | wrong | folded |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             *(_row(s) for s in rows),
         ]
     lines += _failure_lines(report)

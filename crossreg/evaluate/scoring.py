@@ -64,6 +64,7 @@ class KindSummary:
     precision: float | None
     median_seconds: float
     folded: float | None = None  # mean share over the cases with a deformable transform
+    n_wrong: int = 0  # transforms returned with a TRE above SUCCESS_MM (answers, not refusals)
 
 
 @dataclass(frozen=True)
@@ -161,4 +162,5 @@ def _summary(kind: str, method: str, rows: list[CaseResult]) -> KindSummary:
         precision=float(np.mean(precisions)) if precisions else None,
         median_seconds=float(np.nanmedian(seconds)) if np.isfinite(seconds).any() else float("nan"),
         folded=float(np.mean(folded)) if folded else None,
+        n_wrong=int((done > SUCCESS_MM).sum()),
     )
