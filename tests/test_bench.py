@@ -127,8 +127,10 @@ def test_smoke_run_writes_report(tmp_path):
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["command"] == "pytest" and len(saved["results"]) == 6
     assert saved["failures"]["crossreg"][0]["case"] == "noise"
+    assert saved["auc_mm"] == [3.0, 5.0, 10.0] and len(saved["summaries"][0]["auc"]) == 3
     md = (tmp_path / "out" / "results.md").read_text()
     assert "| crossreg |" in md and "ghost: not installed" in md and "`pytest`" in md
+    assert "| AUC@3 mm | AUC@5 mm | AUC@10 mm |" in md
 
 
 def test_crashing_method_is_recorded_not_raised(tmp_path):
@@ -164,6 +166,8 @@ def test_summaries_on_hand_made_numbers():
     assert t2.mean_mm == pytest.approx(4.0) and t2.median_mm == pytest.approx(2.0)
     assert t2.p90_mm == pytest.approx(7.6)  # numpy's linear percentile of (1, 2, 9)
     assert t2.success_rate == pytest.approx(0.5)  # the failure counts as unsuccessful
+    # Areas: (1 - 1/t) + (1 - 2/t) + max(0, 1 - 9/t) + 0 (the failure), over 4 cases.
+    assert t2.auc == pytest.approx(((2 / 3 + 1 / 3) / 4, (0.8 + 0.6) / 4, (0.9 + 0.8 + 0.1) / 4))
     assert t2.precision == pytest.approx(0.75)
     assert t2.median_seconds == pytest.approx(5.0)
     assert t2.initial_mean_mm == pytest.approx(20.0)
@@ -214,6 +218,28 @@ def test_slab_cases_are_thin_axial_t2_slabs_of_the_head():
         assert np.ptp(c.landmarks_fixed_mm[:, 2]) < 0.5 * np.ptp(c.landmarks_fixed_mm[:, 0])
         assert np.allclose(c.true_transform.apply(c.landmarks_fixed_mm), c.landmarks_moving_mm)
     assert cases[0].name == synthetic_cases(("t2", "slab"), 1, seed=3)[1].name
+
+
+def test_family_cases_are_the_bench_slices_in_the_matchers_modality_families():
+    kinds = ("family-edges", "family-emission", "family-texture")
+    cases = synthetic_cases(kinds, 3, seed=8, ndim=2)
+    plain = synthetic_cases(("t2",), 3, seed=8, ndim=2)
+    for i, c in enumerate(cases):
+        assert c.kind == kinds[i // 3] and f"-{c.kind}-15deg-15mm-fov" in c.name
+        assert np.array_equal(c.fixed.array, plain[i % 3].fixed.array)  # the bench's own slices
+        assert c.true_transform.rotation_deg() == pytest.approx(15.0)
+        centre = c.fixed.grid.center_mm()
+        assert np.linalg.norm(c.true_transform.apply(centre[None])[0] - centre) == pytest.approx(15.0)
+        assert max(c.moving.spacing_mm) > min(c.moving.spacing_mm)
+        assert 0.3 < c.moving.mask.mean() < 1.0  # partial view, cropped to it
+        assert len(c.landmarks_fixed_mm) == 20 and c.moving.grid.contains(c.landmarks_moving_mm).all()
+        assert np.allclose(c.true_transform.apply(c.landmarks_fixed_mm), c.landmarks_moving_mm)
+    assert cases[3].name == synthetic_cases(("family-emission",), 1, seed=8, ndim=2)[0].name
+
+
+def test_family_kinds_are_2d_only():
+    with pytest.raises(CrossregError, match=r"family-edges are 2D only.*--ndim 2"):
+        synthetic_cases(("t2", "family-edges"), 1, ndim=3)
 
 
 # ---------------------------------------------------------------- real data in folders

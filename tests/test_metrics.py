@@ -1,11 +1,11 @@
-"""Accuracy metrics: TRE, its summary, matching precision and success rate on known answers."""
+"""Accuracy metrics: TRE, its summary, matching precision, success rate and error AUC on known answers."""
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crossreg.evaluate import matching_precision, success_rate, summarize_tre, tre_mm
+from crossreg.evaluate import error_auc, matching_precision, success_rate, summarize_tre, tre_mm
 from crossreg.synth.geometry import random_rigid
 from crossreg.transform import AffineTransform, compose, rigid_from_params
 
@@ -69,3 +69,27 @@ def test_success_rate_counts_failures_as_failures():
     assert success_rate(np.array([1.0, 2.0, 3.0, 5.0]), threshold_mm=1.5) == pytest.approx(0.25)
     with pytest.raises(ValueError):
         success_rate(np.array([]))
+
+
+def test_error_auc_on_hand_computed_values():
+    errors = np.array([0.0, 1.5, 3.0, 6.0, np.nan])  # the NaN: no answer, an infinite error
+    # Each case adds max(0, 1 - e / t): at 3 mm 1 + 0.5; at 6 mm 1 + 0.75 + 0.5; at 10 mm
+    # 1 + 0.85 + 0.7 + 0.4.
+    assert error_auc(errors, 3.0) == pytest.approx(1.5 / 5)
+    assert error_auc(errors, 6.0) == pytest.approx(2.25 / 5)
+    assert error_auc(errors, 10.0) == pytest.approx(2.95 / 5)
+    assert error_auc(np.zeros(4), 5.0) == 1.0 and error_auc(np.full(3, np.nan), 5.0) == 0.0
+    with pytest.raises(ValueError):
+        error_auc(np.array([]), 3.0)
+    with pytest.raises(ValueError):
+        error_auc(errors, 0.0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(errors=st.lists(st.one_of(st.floats(0.0, 20.0), st.just(float("nan"))), min_size=1, max_size=12))
+def test_error_auc_is_the_normalised_area_under_the_cumulative_error_curve(errors):
+    e = np.array(errors)
+    steps = np.linspace(0.0, 5.0, 50_001)
+    recall = (np.nan_to_num(e, nan=np.inf)[None, :] <= steps[:, None]).mean(axis=1)
+    area = np.trapezoid(recall, steps) / 5.0
+    assert error_auc(e, 5.0) == pytest.approx(area, abs=1e-3)

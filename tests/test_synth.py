@@ -8,10 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crossreg import datasets as data
-from crossreg.errors import ImageReadError
+from crossreg.errors import ImageReadError, InvalidConfigError, InvalidImageError
 from crossreg.filters import erode
-from crossreg.image import Grid, fov_mask
+from crossreg.image import Grid, fov_mask, robust_normalize
 from crossreg.imageio import to_sitk
+from crossreg.matcher2d.families import FAMILIES, gradient_magnitude
 from crossreg.synth.cases import make_case
 from crossreg.synth.geometry import (
     covering_grid,
@@ -21,7 +22,15 @@ from crossreg.synth.geometry import (
     resample_anisotropic,
     sample_landmarks,
 )
-from crossreg.synth.modality import add_noise, bias_field, ct_like, random_lut, random_lut_curve, t2_like
+from crossreg.synth.modality import (
+    add_noise,
+    bias_field,
+    ct_like,
+    family_like,
+    random_lut,
+    random_lut_curve,
+    t2_like,
+)
 from crossreg.transform import to_sitk as transform_to_sitk
 
 
@@ -55,6 +64,42 @@ def test_moving_at_moving_landmarks_shows_modality_at_fixed_landmarks(t1, tissue
     inside = case.moving.grid.contains(wrong_pts)
     wrong = sample_sitk(case.moving, wrong_pts[inside])
     assert np.abs(expected[inside] - wrong).mean() > 0.5 * expected.std()
+
+
+@pytest.mark.parametrize("family", ["edges", "emission"])
+def test_family_case_shows_the_family_rendering_where_the_truth_puts_it(t1, family):
+    image = extract_slice(t1, "axial", 40)
+    case = make_case(image, "same", n_landmarks=100, seed=7, family=family)
+    assert case.name == f"family-{family}-15deg-15mm-seed7"
+    np.testing.assert_allclose(case.landmarks_moving_mm, case.true_transform.apply(case.landmarks_fixed_mm))
+    expected = sample_sitk(case.modality, case.landmarks_fixed_mm)
+    assert np.corrcoef(expected, sample_sitk(case.moving, case.landmarks_moving_mm))[0, 1] > 0.85
+    wrong_pts = case.true_transform.inverse().apply(case.landmarks_fixed_mm)
+    inside = case.moving.grid.contains(wrong_pts)
+    assert np.corrcoef(expected[inside], sample_sitk(case.moving, wrong_pts[inside]))[0, 1] < 0.5
+    head, rendered = fov_mask(image), case.modality.array
+    if family == "edges":  # lines where the T1 changes, whichever polarity: not the T1's intensities
+        grad = gradient_magnitude(torch.from_numpy(robust_normalize(image).array)[None, None], 1.3)[0, 0]
+        assert abs(np.corrcoef(rendered[head], grad.numpy()[head])[0, 1]) > 0.9
+        assert abs(np.corrcoef(rendered[head], image.array[head])[0, 1]) < 0.7
+    else:  # photon counts (at most 200 at the brightest pixel) over a blurred uptake: few grey levels
+        assert np.unique(rendered).size <= 201 < np.unique(image.array[head]).size
+
+
+def test_family_like_is_the_matchers_family_on_2d_images_only(t1):
+    image = extract_slice(t1, "coronal")
+    for family in ("edges", "emission", "speckle"):
+        x = torch.from_numpy(robust_normalize(image).array)[None, None]
+        mask = torch.ones_like(x, dtype=torch.bool)
+        out, out_mask = FAMILIES[family](x, mask, torch.Generator().manual_seed(4))
+        rendered = family_like(image, family, seed=4)
+        np.testing.assert_array_equal(rendered.array, (out * out_mask)[0, 0].numpy())
+        assert np.array_equal(rendered.valid_mask(), out_mask[0, 0].numpy())
+    assert 0.0 < rendered.valid_mask().mean() < 0.9  # speckle: a probe's field of view
+    with pytest.raises(InvalidImageError, match="2D"):
+        family_like(t1, "edges")
+    with pytest.raises(InvalidConfigError, match="choose from"):
+        family_like(image, "xray")
 
 
 @pytest.mark.parametrize("kind", ["t2", "ct"])

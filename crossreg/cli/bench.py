@@ -24,7 +24,8 @@ def bench(
         str,
         typer.Option(
             help="Synthetic case kinds from the shipped MNI152 T1 (comma-separated; slab: a thin T2 slab of "
-            "15-25% of the head), or none."
+            "15-25% of the head; family-edges, family-emission, ... (2D only): the slice in a modality "
+            "family of the 2D matcher), or none."
         ),
     ] = "us,t2,ct,random",
     n_per_kind: Annotated[int, typer.Option(help="Synthetic cases per kind.")] = 10,
@@ -48,9 +49,10 @@ def bench(
     seed: Annotated[int, typer.Option(help="Seed of the synthetic cases and of every method.")] = 0,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing results.")] = False,
 ) -> None:
-    """Run every method on every case (one run), score TRE, success (< 3 mm), matching precision and
-    time per pair per case kind; write a markdown table, JSON and a plot. Baselines whose package is
-    missing (pip install 'crossreg[bench]') are listed as skipped."""
+    """Run every method on every case (one run), score TRE, success (< 3 mm), the area under the
+    cumulative TRE curve at 3/5/10 mm, matching precision and time per pair per case kind; write a
+    markdown table, JSON and a plot. Baselines whose package is missing (pip install 'crossreg[bench]')
+    are listed as skipped."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from crossreg.evaluate.baselines import default_methods

@@ -39,6 +39,7 @@ from crossreg.errors import CrossregError
 from crossreg.image import Image, crop_to_mask
 from crossreg.imageio import load
 from crossreg.markups import read_markups_json, read_matches_csv
+from crossreg.matcher2d.families import FAMILIES
 from crossreg.synth.brainshift import ShiftKind
 from crossreg.synth.cases import Case, CaseKind, make_case
 from crossreg.synth.geometry import extract_slice
@@ -83,8 +84,12 @@ SHIFT_BENCH_KINDS: dict[str, ShiftBenchKind] = {
     "t2-shift": ShiftBenchKind("t2", (("soft",),)),
     "ct-shift": ShiftBenchKind("ct", (("soft",),)),
 }
+#: ``family-<name>`` (2D only): the slice rendered by a modality family of the 2D matcher's training
+#: pairs (:mod:`crossreg.matcher2d.families`; ``edges`` and ``emission`` were held out of its training),
+#: as the moving image: kind ``same`` of :func:`crossreg.synth.cases.make_case` with that ``family``.
+FAMILY_KINDS: dict[str, str] = {f"family-{name}": name for name in FAMILIES}
 #: Every synthetic kind of the benchmark.
-BENCH_KINDS: tuple[str, ...] = (*get_args(CaseKind), *FOV_KINDS, *SHIFT_BENCH_KINDS)
+BENCH_KINDS: tuple[str, ...] = (*get_args(CaseKind), *FOV_KINDS, *SHIFT_BENCH_KINDS, *FAMILY_KINDS)
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,19 +150,24 @@ def synthetic_cases(
     """``n_per_kind`` cases per kind from the shipped MNI152 T1 (2 mm; its three middle slices in 2D).
 
     Each kind is a :func:`crossreg.synth.cases.make_case` kind (``t2``, ``ct``, ``random``, ``same``,
-    and any kind added there), one of :data:`FOV_KINDS` or one of :data:`SHIFT_BENCH_KINDS` (whole head,
-    nonlinear truth). Every case rotates by exactly ``angle_deg``
+    and any kind added there), one of :data:`FOV_KINDS`, one of :data:`SHIFT_BENCH_KINDS` (whole head,
+    nonlinear truth) or, in 2D, one of :data:`FAMILY_KINDS`. Every case rotates by exactly ``angle_deg``
     and shifts by exactly ``translation_mm``; its moving image keeps a random slab with a fraction of
     the signal drawn from ``fov_range`` (:data:`FOV_KINDS`: their own slabs; ultrasound: the probe's
     cone instead) and has one random axis coarsened by a factor drawn from
     ``[1, max_anisotropy]``.
     Case ``i`` of a kind depends only on ``(seed, kind, ndim, i)``: adding kinds changes no other case.
     """
+    if ndim != 2 and (flat := [k for k in kinds if k in FAMILY_KINDS]):
+        raise CrossregError(
+            f"kinds {', '.join(flat)} are 2D only (the 2D matcher's modality families): use ndim=2 (--ndim 2)"
+        )
     sources = _sources(ndim)
     cases = []
     for kind in kinds:
-        shifted = SHIFT_BENCH_KINDS.get(kind)
-        special = FOV_KINDS.get(kind, FovKind(shifted.modality if shifted else kind, fov_range))
+        shifted, family = SHIFT_BENCH_KINDS.get(kind), FAMILY_KINDS.get(kind)
+        modality = shifted.modality if shifted else "same" if family else kind
+        special = FOV_KINDS.get(kind, FovKind(modality, fov_range))
         normal = np.eye(ndim)[-1] if special.axial else None
         for i in range(n_per_kind):
             entropy = [seed, zlib.crc32(kind.encode()), ndim, i]
@@ -180,8 +190,9 @@ def synthetic_cases(
                 seed=case_seed,
                 slab_normal=normal,
                 shift=shift,
+                family=family,
             )
-            label = case.name if kind == special.modality else f"{kind}-{case.name}"
+            label = case.name if case.name.startswith(f"{kind}-") else f"{kind}-{case.name}"
             cases.append(_from_synthetic(case, f"{ndim}d-{i:02d}-{label}", kind))
     return cases
 

@@ -1,5 +1,5 @@
 """Registration accuracy in world millimetres: target registration error (TRE), matching precision,
-success rate.
+success rate, area under the cumulative error curve.
 
 Transforms follow crossreg's convention (fixed points -> moving points); errors are measured in the
 moving image's space, which for a rigid true transform equals the error in fixed space.
@@ -72,6 +72,20 @@ def success_rate(tre_means_mm: np.ndarray, threshold_mm: float = 3.0) -> float:
     if t.size == 0:
         raise ValueError("success_rate: no cases")
     return float(np.mean(np.nan_to_num(t, nan=np.inf) <= threshold_mm))
+
+
+def error_auc(errors_mm: np.ndarray, threshold_mm: float) -> float:
+    """Area under the cumulative error curve up to ``threshold_mm``, normalised to [0, 1]: the mean over
+    cases of ``max(0, 1 - error / threshold_mm)``, NaN (no answer) counted as an infinite error.
+
+    errors_mm: ``(C,)`` one error per case (e.g. its mean TRE). The share of cases with an error of at
+    most ``e``, integrated over ``e`` in [0, threshold_mm] and divided by ``threshold_mm`` (the pose AUC
+    of SuperGlue and LoFTR): 1 when every case is exact, 0 when none is within the threshold.
+    """
+    e = np.nan_to_num(np.asarray(errors_mm, float), nan=np.inf)
+    if e.size == 0 or threshold_mm <= 0:
+        raise ValueError(f"error_auc: need cases and a positive threshold, got {e.size} and {threshold_mm}")
+    return float(np.mean(np.clip(1.0 - e / threshold_mm, 0.0, None)))
 
 
 def folded_share(

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from crossreg.evaluate.scoring import PRECISION_MM, SUCCESS_MM, BenchReport, KindSummary
+from crossreg.evaluate.scoring import AUC_MM, PRECISION_MM, SUCCESS_MM, BenchReport, KindSummary
 from crossreg.outputs import atomic_write, atomic_write_text
 
 _PACKAGES = ("crossreg", "torch", "SimpleITK", "numpy", "antspyx", "itk-elastix")
@@ -80,6 +80,7 @@ def to_json(report: BenchReport) -> dict:
             "machine": report.machine,
             "success_mm": SUCCESS_MM,
             "precision_mm": PRECISION_MM,
+            "auc_mm": list(AUC_MM),
             "skipped": report.skipped,
             "summaries": [asdict(s) for s in report.summaries],
             "failures": {
@@ -97,15 +98,16 @@ def format_mm(value: float) -> str:
 def _row(s: KindSummary) -> str:
     precision = "–" if s.precision is None else f"{100 * s.precision:.0f}%"
     folded = "–" if s.folded is None else f"{100 * s.folded:.3f}%"
+    auc = " | ".join(f"{100 * a:.1f}%" for a in s.auc)
     return (
         f"| {s.method} | {format_mm(s.mean_mm)} | {format_mm(s.median_mm)} | {format_mm(s.p90_mm)} | "
-        f"{100 * s.success_rate:.0f}% | {precision} | {s.median_seconds:.1f} | {s.n_failed} | {s.n_wrong} | "
-        f"{folded} |"
+        f"{100 * s.success_rate:.0f}% | {auc} | {precision} | {s.median_seconds:.1f} | {s.n_failed} | "
+        f"{s.n_wrong} | {folded} |"
     )
 
 
 def to_markdown(report: BenchReport) -> str:
-    """Per-kind tables of TRE, success, precision and time, then failures and skipped methods."""
+    """Per-kind tables of TRE, success, AUC, precision and time, then failures and skipped methods."""
     m = report.machine
     lines = [
         "# crossreg benchmark",
@@ -114,20 +116,24 @@ def to_markdown(report: BenchReport) -> str:
         f"- machine: {m.get('cpu', '?')}; torch device {m.get('device', '?')}; {m.get('date', '')}",
         "- versions: " + ", ".join(f"{p} {m[p]}" for p in _PACKAGES if p in m),
         f"- TRE: mean landmark error (mm) of the cases a method returned a transform for; success: TRE at "
-        f"most {SUCCESS_MM:g} mm, failures counted as unsuccessful; precision: putative matches within "
+        f"most {SUCCESS_MM:g} mm, failures counted as unsuccessful; AUC@t: area under the cumulative curve "
+        "of the cases' TRE up to t mm, normalised (the mean of max(0, 1 - TRE/t), a failure counting as an "
+        "infinite TRE); precision: putative matches within "
         f"{PRECISION_MM:g} mm of the truth; failed: no transform returned; wrong: a transform returned with "
         f"a TRE above {SUCCESS_MM:g} mm (crossreg returns only answers that passed its confidence check); "
         "folded: share of the fixed "
         "field of view where a deformable transform's Jacobian determinant is <= 0.",
     ]
+    columns = ["method", "mean TRE", "median", "p90", "success", *(f"AUC@{t:g} mm" for t in AUC_MM)]
+    columns += ["precision", "median s", "failed", "wrong", "folded"]
     for kind in dict.fromkeys(s.kind for s in report.summaries):
         rows = [s for s in report.summaries if s.kind == kind]
         lines += [
             "",
             f"## {kind}: {rows[0].n_cases} cases, initial TRE {format_mm(rows[0].initial_mean_mm)} mm",
             "",
-            "| method | mean TRE | median | p90 | success | precision | median s | failed | wrong | folded |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| " + " | ".join(columns) + " |",
+            "|---" + "|---:" * (len(columns) - 1) + "|",
             *(_row(s) for s in rows),
         ]
     lines += _failure_lines(report)

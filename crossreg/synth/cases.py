@@ -10,6 +10,10 @@ cavity, soft-tissue deformation) the tissue moves before the modality is synthes
 is nonlinear: a :class:`crossreg.deformation.DeformableTransform` whose linear part is the rigid
 motion (what a perfect rigid registration finds) and whose field is the tissue's displacement on a
 grid over the fixed image. Its landmarks lie where the tissue moved, never in the cavity.
+
+With a ``family`` (2D only) the modality is re-rendered by one of the 2D matcher's modality families
+(:func:`crossreg.synth.modality.family_like`: gradient lines, emission-like counts, ...), which brings
+its own noise in place of the acquisition corruption.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from crossreg.resample import grid_points_mm
 from crossreg.synth.brainshift import Shift, ShiftConfig, ShiftKind, random_shift
 from crossreg.synth.geometry import apply_slab, move, random_rigid, random_slab, sample_landmarks
 from crossreg.synth.intraop import shifted_anatomy
-from crossreg.synth.modality import CorruptionConfig, corrupt, ct_like, random_lut, t2_like
+from crossreg.synth.modality import CorruptionConfig, corrupt, ct_like, family_like, random_lut, t2_like
 from crossreg.synth.ultrasound import random_ultrasound
 from crossreg.transform import AffineTransform
 
@@ -100,6 +104,7 @@ def make_case(
     slab_normal: np.ndarray | None = None,
     shift: Sequence[ShiftKind] = (),
     shift_config: ShiftConfig = DEFAULT_SHIFT,
+    family: str | None = None,
 ) -> Case:
     """A case: ``image`` as fixed, its ``kind`` modality moved by a random rigid transform as moving.
 
@@ -115,20 +120,27 @@ def make_case(
     first (an ultrasound probe then sits in the craniotomy); landmarks then lie where the tissue moved
     at least ``shift_config.landmark_min_mm``, away from any cavity: up to ``n_landmarks``, fewer when
     little moved tissue is in view.
+    ``family`` (2D only; e.g. ``"edges"`` with kind ``same``) re-renders the modality by that family of
+    :data:`crossreg.matcher2d.families.FAMILIES`, with its own noise instead of ``corruption``; a
+    family's probe field of view, if it has one, bounds the landmarks.
     """
-    seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(6)]
+    # A prefix of the same seed sequence: a seventh seed leaves the other six, and every case, as they were.
+    seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(7)]
     moved = random_shift(image, shift, shift_config, seeds[5]) if shift else None
     source, maps, pose = image, tissues, None
     if moved is not None:
         source, maps = shifted_anatomy(image, tissues, moved, ultrasound=kind == "us")
         pose = (moved.apply(moved.craniotomy_mm[None])[0], moved.inward)  # on the shifted surface
     modality = synthesize(source, kind, maps, seeds[0], pose)
-    if corruption is not None and kind != "us":
+    if family is not None:
+        modality = family_like(modality, family, seeds[6])
+    elif corruption is not None and kind != "us":
         if kind == "ct":  # CT has no bias field, and its noise (~5 HU) is small next to bone (~1500 HU)
             noise = tuple(s / 6.0 for s in corruption.noise_sigma)
             corruption = replace(corruption, bias_strength=(0.0, 0.0), noise_sigma=noise, rician=False)
         modality = corrupt(modality, corruption, seeds[1])
-    region = fov_mask(source) & modality.valid_mask() if kind == "us" else fov_mask(source)
+    has_fov = kind == "us" or family is not None
+    region = fov_mask(source) & modality.valid_mask() if has_fov else fov_mask(source)
     if fov_fraction < 1.0:
         slab = random_slab(source, fov_fraction, seeds[2], slab_normal)
         modality = apply_slab(modality, slab)
@@ -146,7 +158,8 @@ def make_case(
     fov = f"-fov{fov_fraction:g}" if fov_fraction < 1.0 else ""
     aniso = "-sp" + "x".join(f"{s:g}" for s in moving_spacing_mm) if moving_spacing_mm else ""
     shifted = "-" + "+".join(moved.magnitudes_mm) if moved is not None else ""
-    name = f"{kind}{shifted}-{angle_deg:g}deg-{translation_mm:g}mm{fov}{aniso}-seed{seed}"
+    look = kind if family is None else f"family-{family}" if kind == "same" else f"{kind}-family-{family}"
+    name = f"{look}{shifted}-{angle_deg:g}deg-{translation_mm:g}mm{fov}{aniso}-seed{seed}"
     return Case(image, moving, truth, landmarks, truth.apply(landmarks), name, kind, modality, moved)
 
 

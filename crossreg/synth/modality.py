@@ -1,6 +1,7 @@
 """Synthetic modalities from a T1-weighted MRI: T2-like, CT-like, random intensity look-up tables
-(the MatchAnything / SynthMorph idea: a matcher trained on them cannot rely on intensity), and the
-acquisition corruptions every modality shares (bias field, noise, blur).
+(the MatchAnything / SynthMorph idea: a matcher trained on them cannot rely on intensity), the 2D
+matcher's modality families (:func:`family_like`), and the acquisition corruptions every modality
+shares (bias field, noise, blur).
 
 Each function gives back a new Image on the input grid (``ct_like`` enlarges it to fit the skull)
 and draws its randomness from an explicit ``seed``; configs hold physically meaningful ranges.
@@ -17,10 +18,11 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from crossreg.errors import InvalidImageError
+from crossreg.errors import InvalidConfigError, InvalidImageError
 from crossreg.filters import gaussian_blur
 from crossreg.image import Image, fov_mask, robust_normalize
 from crossreg.imageio import to_sitk
+from crossreg.matcher2d.families import FAMILIES
 from crossreg.resample import on_grid
 from crossreg.synth.geometry import pad
 
@@ -206,6 +208,28 @@ def random_lut(image: Image, seed: int = 0, n_knots: int = 8) -> Image:
     """``image`` with robust-normalised intensities remapped by :func:`random_lut_curve`; values in [0, 1]."""
     x, y = random_lut_curve(seed, n_knots)
     return image.with_array(np.interp(robust_normalize(image).array, x, y), image.mask)
+
+
+def family_like(image: Image, family: str, seed: int = 0) -> Image:
+    """``image`` rendered by one of the 2D matcher's modality families
+    (:data:`crossreg.matcher2d.families.FAMILIES`, e.g. ``edges``, ``emission``); values in [0, 1].
+
+    The family sees the robust-normalised intensities and the image's mask, as a training pair's image
+    (its blurs and grains are in pixels of ``image``); a family with a probe field of view (``fov``,
+    ``speckle``) comes back masked to it. 2D images only: the families are.
+    """
+    if family not in FAMILIES:
+        raise InvalidConfigError(f"modality family {family!r} is unknown; choose from {', '.join(FAMILIES)}")
+    if image.ndim != 2:
+        raise InvalidImageError(
+            f"modality family {family!r} renders 2D images (the 2D matcher's families); got a "
+            f"{image.ndim}D image: use a slice"
+        )
+    x = torch.from_numpy(robust_normalize(image).array)[None, None]
+    mask = torch.from_numpy(image.valid_mask().copy())[None, None]
+    out, out_mask = FAMILIES[family](x, mask, torch.Generator().manual_seed(seed))
+    rendered, valid = (out * out_mask)[0, 0].numpy(), out_mask[0, 0].numpy()
+    return image.with_array(rendered, None if valid.all() and image.mask is None else valid)
 
 
 def blur(image: Image, sigma_mm: float) -> Image:
