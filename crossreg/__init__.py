@@ -4,6 +4,8 @@
 >>> fixed, moving = xr.load("mri.nii.gz"), xr.load("us.nii.gz")
 >>> result = xr.register(fixed, moving)   # result.transform maps fixed points to moving points
 >>> result.save("T.tfm", qa_path="qa.png")
+>>> registrator = xr.Registrator(xr.RegisterConfig(features="crosskey"))  # models loaded once
+>>> results = [registrator.register(f, m) for f, m in pairs]
 """
 
 from crossreg.config import RegisterConfig
@@ -13,7 +15,7 @@ from crossreg.image import Image, from_array
 from crossreg.imageio import load, save
 from crossreg.keypoints import detect_keypoints
 from crossreg.matching import match
-from crossreg.register import register
+from crossreg.register import Registrator, register
 from crossreg.result import Result
 from crossreg.transform import AffineTransform, HomographyTransform, read_homography, read_transform
 
@@ -26,6 +28,7 @@ __all__ = [
     "NoOverlapError",
     "RegisterConfig",
     "RegistrationFailed",
+    "Registrator",
     "Result",
     "detect_keypoints",
     "estimate",

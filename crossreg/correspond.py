@@ -6,7 +6,8 @@ descriptors (:class:`crossreg.matching.Matches`: query index, reference index, n
 second-nearest distance ratio). A detector-free matcher (``matcher2d``) never describes one image
 alone: it reads the two working images, ``query.side.image`` and ``reference.side.image``, finds the
 corresponding points itself, and describes each image at its points with the image's description
-(what the round trip of :mod:`crossreg.verify` reads). A new way of matching is one function and one
+(what the round trip of :mod:`crossreg.verify` reads); its network comes loaded, from the caller
+(:class:`crossreg.register.Registrator` loads it once). A new way of matching is one function and one
 entry here; ``RegisterConfig.matching``, the CLI's ``--matching`` and batch's ``matching`` column
 read this registry.
 """
@@ -19,7 +20,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from crossreg.matcher2d.match import Matcher2dConfig, load_matcher
+from crossreg.matcher2d.match import Matcher2dConfig
+from crossreg.matcher2d.net import MatcherNet
 from crossreg.matcher2d.world import match_working
 from crossreg.matching import MatchConfig, Matches, match, match_shortlisted
 
@@ -60,17 +62,23 @@ class Correspondences:
         return self.reference_mm if self.query.side.role == "fixed" else self.query_mm
 
 
-Matcher = Callable[["Described", "Described", "RegisterConfig"], Correspondences]
+#: (query, reference, config, net) -> correspondences; ``net`` is the matcher network of detector-free
+#: matchers, loaded by the caller, and None for descriptor matchers (their model is the features).
+Matcher = Callable[["Described", "Described", "RegisterConfig", "MatcherNet | None"], Correspondences]
 
 
-def mutual_nearest(query: Described, reference: Described, config: RegisterConfig) -> Correspondences:
+def mutual_nearest(
+    query: Described, reference: Described, config: RegisterConfig, net: MatcherNet | None = None
+) -> Correspondences:
     """Sparse matching: mutual nearest neighbours that pass the ratio test (``SparseConfig.matching``)."""
     return from_matches(
         query, reference, match(query.descriptors, reference.descriptors, config.sparse.matching)
     )
 
 
-def nearest_candidate(query: Described, reference: Described, config: RegisterConfig) -> Correspondences:
+def nearest_candidate(
+    query: Described, reference: Described, config: RegisterConfig, net: MatcherNet | None = None
+) -> Correspondences:
     """Dense matching: every query takes its nearest candidate; with a re-ranking descriptor, the one
     nearest in both descriptors among its ``DenseConfig.shortlist`` nearest in the first."""
     rerank, k = reference.description.rerank_at, config.dense.shortlist
@@ -86,11 +94,15 @@ def nearest_candidate(query: Described, reference: Described, config: RegisterCo
     return from_matches(query, reference, found)
 
 
-def detector_free(query: Described, reference: Described, config: RegisterConfig) -> Correspondences:
-    """2D detector-free matching: the matcher network (``Matcher2dSettings``) on the two working
-    images; each side described at its matched points, in the order of the query's (fixed) cells."""
+def detector_free(
+    query: Described, reference: Described, config: RegisterConfig, net: MatcherNet | None = None
+) -> Correspondences:
+    """2D detector-free matching: the matcher network ``net`` (of ``Matcher2dSettings.weights``, loaded
+    by :func:`crossreg.matcher2d.match.load_matcher`) on the two working images; each side described
+    at its matched points, in the order of the query's (fixed) cells."""
+    if net is None:
+        raise ValueError("detector-free matching needs the matcher network: load it with load_matcher")
     settings = config.matcher2d
-    net, _ = load_matcher(settings.weights, config.device)
     found = match_working(
         net, query.side.image, reference.side.image, Matcher2dConfig(threshold=settings.threshold)
     )
@@ -132,6 +144,9 @@ def from_matches(query: Described, reference: Described, found: Matches) -> Corr
     )
 
 
-def correspond(query: Described, reference: Described, plan: Plan, config: RegisterConfig) -> Correspondences:
-    """The correspondences of ``plan``'s matcher between the described query and reference images."""
-    return MATCHERS[plan.mode](query, reference, config)
+def correspond(
+    query: Described, reference: Described, plan: Plan, config: RegisterConfig, net: MatcherNet | None = None
+) -> Correspondences:
+    """The correspondences of ``plan``'s matcher between the described query and reference images;
+    ``net``: the loaded matcher network, which matcher2d plans need."""
+    return MATCHERS[plan.mode](query, reference, config, net)

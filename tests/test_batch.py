@@ -2,14 +2,18 @@
 
 import csv
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from crossreg import datasets
 from crossreg.batch import BatchConfig, Pair, done_record, read_pairs, run_batch, run_pair
 from crossreg.cli import app
 from crossreg.errors import CrossregError
+from crossreg.matcher2d.match import SHIPPED
 from crossreg.synth.cases import make_case
 from crossreg.synth.pairs import write_pair
 
@@ -136,6 +140,23 @@ def test_done_json_counts_only_for_the_same_inputs_and_complete_files(cohort, tm
     assert done_record(pair, tmp_path) is None
     (tmp_path / pair.id / "done.json").write_text("{not json")
     assert done_record(pair, tmp_path) is None
+
+
+def test_a_worker_reads_the_models_once_for_rows_that_share_a_config(cohort, tmp_path, monkeypatch):
+    import crossreg.batch
+
+    read, real_load = [], torch.load
+
+    def counted(f, *args, **kwargs):
+        read.append(Path(f).name)
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted)
+    crossreg.batch._registrator.cache_clear()  # as a fresh worker process
+    pair = read_pairs(cohort / "good.csv")[0]
+    for seed in (0, 5):  # the seed is the pair's, not the Registrator's
+        assert run_pair(replace(pair, id=f"s{seed}", seed=seed), tmp_path).status == "ok"
+    assert read == [SHIPPED]  # the 2D pairs went to the matcher network, loaded on the first
 
 
 def test_unexpected_errors_become_failed_records(cohort, tmp_path, monkeypatch):

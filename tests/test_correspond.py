@@ -11,7 +11,7 @@ from crossreg.describe import describe
 from crossreg.features import make_features
 from crossreg.features.weights import save_weights
 from crossreg.filters import dilate
-from crossreg.matcher2d.match import KIND
+from crossreg.matcher2d.match import KIND, load_matcher
 from crossreg.matcher2d.net import MatcherNet
 from crossreg.matching import MatchConfig, match
 from crossreg.plan import plan_pair
@@ -22,7 +22,8 @@ def run(case, config):
     features = make_features(config, case.fixed.ndim)
     plan = plan_pair(case.fixed, case.moving, config, features)
     query, reference = describe(plan, features, config)
-    return plan, query, reference, correspond(query, reference, plan, config)
+    net = load_matcher(config.matcher2d.weights)[0] if plan.mode == "matcher2d" else None
+    return plan, query, reference, correspond(query, reference, plan, config, net)
 
 
 @pytest.fixture(scope="module")

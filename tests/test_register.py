@@ -1,5 +1,9 @@
 """The whole pipeline on real MRI: a cross-modal copy under a known 15 deg / 15 mm motion is recovered."""
 
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -8,8 +12,11 @@ from crossreg import datasets
 from crossreg.config import RegisterConfig
 from crossreg.errors import DimensionMismatchError, RegistrationFailed
 from crossreg.evaluate.metrics import tre_mm
+from crossreg.features import FEATURES
+from crossreg.features.crosskey import DEFAULT_WEIGHTS
 from crossreg.image import Grid, Image
-from crossreg.register import register
+from crossreg.matcher2d.match import SHIPPED
+from crossreg.register import Registrator, register
 from crossreg.synth.cases import make_case
 
 
@@ -25,6 +32,18 @@ def case3d():
 @pytest.fixture(scope="module")
 def result3d(case3d):
     return register(case3d.fixed, case3d.moving, RegisterConfig(seed=0))
+
+
+@pytest.fixture(scope="module")
+def case2d():
+    """An axial slice and its T2-like copy, 70% in view, 1 x 1.5 mm pixels, 15 deg / 15 mm."""
+    sl = datasets.mni152_slice(1, "axial")
+    return make_case(sl, "t2", 15.0, 15.0, fov_fraction=0.7, moving_spacing_mm=(1.0, 1.5), seed=1)
+
+
+@pytest.fixture(scope="module")
+def result2d(case2d):
+    return register(case2d.fixed, case2d.moving, RegisterConfig(seed=0))
 
 
 def mean_tre(case, transform) -> float:
@@ -56,12 +75,9 @@ def test_flipped_axes_storage_gives_the_same_physical_transform(case3d, result3d
     assert np.abs(flipped.transform.apply(pts) - result3d.transform.apply(pts)).max() < 0.5
 
 
-def test_2d_cross_modal_recovered():
-    sl = datasets.mni152_slice(1, "axial")
-    case = make_case(sl, "t2", 15.0, 15.0, fov_fraction=0.7, moving_spacing_mm=(1.0, 1.5), seed=1)
-    result = register(case.fixed, case.moving, RegisterConfig(seed=0))
-    assert mean_tre(case, result.transform) < 0.5
-    assert mean_tre(case, result.transform.inverse()) > 15.0
+def test_2d_cross_modal_recovered(case2d, result2d):
+    assert mean_tre(case2d, result2d.transform) < 0.5
+    assert mean_tre(case2d, result2d.transform.inverse()) > 15.0
 
 
 def test_2d_auto_goes_to_the_matcher_network_first():
@@ -76,8 +92,8 @@ def test_2d_auto_goes_to_the_matcher_network_first():
 def test_2d_auto_falls_back_to_descriptors_when_the_network_is_refused(monkeypatch):
     import crossreg.correspond as correspond
 
-    def nothing(query, reference, config):  # a network that finds no matches on this pair
-        found = correspond.detector_free(query, reference, config)
+    def nothing(query, reference, config, net):  # a network that finds no matches on this pair
+        found = correspond.detector_free(query, reference, config, net)
         return correspond.Correspondences(
             found.query_mm[:0], found.reference_mm[:0], found.confidence[:0], found.query, found.reference
         )
@@ -194,3 +210,81 @@ def test_ultrasound_cone_is_matched_densely_and_lands(t1, tissues):
     result = register(case.fixed, case.moving, RegisterConfig(features="crosskey", refine=None))
     assert mean_tre(case, result.transform) < 2.0
     assert result.confidence > 0.9 and result.n_inliers >= 50 and result.round_trip > 0.3
+
+
+# ---------------------------------------------------------------- Registrator: models loaded once
+
+
+@pytest.fixture
+def weights_read(monkeypatch) -> Counter:
+    """How often each weights file (by name) is read from disk during the test."""
+    read: Counter = Counter()
+    real_load = torch.load
+
+    def counted(f, *args, **kwargs):
+        read[Path(f).name] += 1
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted)
+    return read
+
+
+def max_apart_mm(a, b, case) -> float:
+    """How far two results' transforms put the case's fixed landmarks apart (mm)."""
+    points = case.landmarks_fixed_mm
+    return float(np.abs(a.transform.apply(points) - b.transform.apply(points)).max())
+
+
+def test_registrator_reads_the_matcher_once_and_registers_as_register_does(case2d, result2d, weights_read):
+    config = RegisterConfig(seed=0)
+    registrator = Registrator(config)
+    first, second = (registrator.register(case2d.fixed, case2d.moving) for _ in range(2))
+    assert weights_read[SHIPPED] == 1
+    assert first.timings_s.keys() == result2d.timings_s.keys()  # the matcher network answered
+    assert max_apart_mm(first, result2d, case2d) < 1e-9 and max_apart_mm(second, result2d, case2d) < 1e-9
+
+
+def test_registrator_seed_replaces_the_configs_for_that_pair(case2d, monkeypatch):
+    import importlib
+
+    reg = importlib.import_module("crossreg.register")  # the module (crossreg.register is the function)
+    seeds, real_estimate = [], reg.estimate
+
+    def estimate(*args, seed, **kwargs):
+        seeds.append(seed)
+        return real_estimate(*args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(reg, "estimate", estimate)
+    config = RegisterConfig(seed=0, refine=None)
+    reseeded = Registrator(config).register(case2d.fixed, case2d.moving, seed=3)
+    expected = register(case2d.fixed, case2d.moving, replace(config, seed=3))
+    assert seeds == [3, 3]
+    assert max_apart_mm(reseeded, expected, case2d) < 1e-9
+
+
+def test_registrator_reads_the_learned_features_once(case3d, weights_read):
+    # A coarse working grid and sparse matching keep CrossKEY to seconds; it still lands the pair.
+    config = RegisterConfig(features="crosskey", matching="sparse", refine=None, working_spacing_mm=4.0)
+    registrator = Registrator(config)
+    first, second = (registrator.register(case3d.fixed, case3d.moving) for _ in range(2))
+    assert weights_read[DEFAULT_WEIGHTS] == 1
+    expected = register(case3d.fixed, case3d.moving, config)
+    assert max_apart_mm(first, expected, case3d) < 1e-9 and max_apart_mm(second, expected, case3d) < 1e-9
+    assert mean_tre(case3d, first.transform) < 3.0
+
+
+def test_registrator_builds_the_features_of_each_dimensionality(
+    case3d, result3d, case2d, result2d, monkeypatch
+):
+    built, real_mind = [], FEATURES["mind"]
+
+    def mind(config, ndim):
+        built.append(ndim)
+        return real_mind(config, ndim)
+
+    monkeypatch.setitem(FEATURES, "mind", mind)
+    registrator = Registrator(RegisterConfig(seed=0))
+    three, two, again = (registrator.register(c.fixed, c.moving) for c in (case3d, case2d, case2d))
+    assert built == [3, 2]
+    assert max_apart_mm(three, result3d, case3d) < 1e-9
+    assert max_apart_mm(two, result2d, case2d) < 1e-9 and max_apart_mm(again, result2d, case2d) < 1e-9

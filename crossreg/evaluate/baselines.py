@@ -36,7 +36,7 @@ from crossreg.features.weights import shipped_weights
 from crossreg.image import Image, fov_mask
 from crossreg.imageio import to_sitk
 from crossreg.matcher2d.match import SHIPPED
-from crossreg.register import register
+from crossreg.register import Registrator
 from crossreg.transform import AffineTransform, from_sitk, read_transform
 
 
@@ -94,8 +94,10 @@ def _failure(start: float, err: Exception) -> MethodOutput:
 
 
 def crossreg_method(name: str = "crossreg", config: RegisterConfig | None = None) -> Method:
-    """crossreg.register with ``config`` (its seed replaced by the case seed); matches are all putative."""
+    """crossreg.register with ``config`` (its seed replaced by the case seed); matches are all putative.
+    One Registrator serves every case: its models load on the method's first case and stay."""
     config = config or RegisterConfig()
+    registrator = Registrator(config)
     files = (Path(config.weights),) if config.weights else ()
     if config.matching == "matcher2d":
         files += (Path(config.matcher2d.weights) if config.matcher2d.weights else shipped_weights(SHIPPED),)
@@ -103,7 +105,7 @@ def crossreg_method(name: str = "crossreg", config: RegisterConfig | None = None
     def run(fixed: Image, moving: Image, seed: int) -> MethodOutput:
         start = time.perf_counter()
         try:
-            result = register(fixed, moving, replace(config, seed=seed))
+            result = registrator.register(fixed, moving, seed=seed)
         except (RegistrationFailed, NoOverlapError) as err:
             return _failure(start, err)
         matches = (result.fixed_points_mm, result.moving_points_mm)
