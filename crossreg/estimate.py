@@ -98,6 +98,8 @@ class Estimate:
     n_inliers: ``inliers.sum()``. rmse_mm: root-mean-square residual over the inliers, mm (NaN if none).
     confidence: in [0, 1], one minus a bound on the chance that random matches give as many inliers
         (see the module docstring).
+    n_independent: the inliers as the confidence counts them: the cells of ``independence_mm`` they
+        occupy (``n_inliers`` when it is 0).
     """
 
     transform: Transform
@@ -105,6 +107,7 @@ class Estimate:
     n_inliers: int
     rmse_mm: float
     confidence: float
+    n_independent: int
 
 
 def sample_size(model: Model, ndim: int) -> int:
@@ -209,7 +212,7 @@ def estimate(
     logger.debug(
         "estimate %s: %d/%d inliers, rmse %.3f mm, confidence %.3f", model, n, len(src), rmse, confidence
     )
-    return Estimate(_transform(h, model), inliers, n, rmse, confidence)
+    return Estimate(_transform(h, model), inliers, n, rmse, confidence, n_eff)
 
 
 def _transform(h: torch.Tensor, model: Model) -> Transform:

@@ -2,8 +2,8 @@
 
 plan (working grids, fields of view, which image holds the queries, sparse, dense or matcher2d) -> describe
 (points and descriptors of each image, by a kind of FEATURES) -> correspond (matches, by a matcher of
-MATCHERS) -> estimate (RANSAC) -> verify (overlap, confidence, round trip) -> polish (intensity
-refinement) -> deformable (optional: a displacement field after the linear transform).
+MATCHERS) -> estimate (RANSAC) -> verify (overlap, confidence; round trip, ambiguity, agreement) -> polish
+(intensity refinement) -> deformable (optional: a displacement field after the linear transform).
 docs/architecture.md draws it; each stage is a function of its own module.
 
 With ``matching="auto"`` on 2D images and a matcher model at hand, the matcher network goes first;
@@ -122,7 +122,7 @@ class Registrator:
         with clock("estimate", f"RANSAC ({config.model}) on {len(pairs)} matches"):
             found = estimate(pairs.fixed_mm, pairs.moving_mm, config.model, plan.ransac, seed=config.seed)
         with clock("verify", "checking the transform"):
-            verdict = verify(found, pairs, plan, config.min_confidence)
+            verdict = verify(found, pairs, plan, config)
         with clock("polish", "intensity refinement" if config.refine else "done"):
             transform = polish(fixed, moving, found, pairs, plan, config)
         deformed = None
@@ -139,6 +139,8 @@ class Registrator:
             match_confidence=pairs.confidence.numpy(),
             confidence=verdict.confidence,
             round_trip=verdict.round_trip,
+            ambiguity=verdict.ambiguity,
+            agreement=verdict.agreement,
             rmse_mm=found.rmse_mm,
             timings_s=clock.seconds,
             fixed=fixed,

@@ -25,6 +25,8 @@ class Result:
     match_confidence: np.ndarray  # (M,) in [0, 1]: 1 - nearest / second-nearest descriptor distance
     confidence: float  # [0, 1]: the inliers are not chance, and pin the transform down (verify.py)
     round_trip: float  # [0, 1]: share of inliers that match back to themselves under the transform
+    ambiguity: float  # [0, 1]: a second, different transform's inliers over the best's (verify.py)
+    agreement: float  # [-1, 1]: how sharply the images' MIND-SSC agree at the transform (verify.py)
     rmse_mm: float  # inlier residual under ransac_transform
     fixed: Image
     moving: Image
@@ -57,7 +59,8 @@ class Result:
         """One line a user acts on."""
         return (
             f"{self.n_inliers}/{self.n_matches} inlier matches, confidence {self.confidence:.2f}, "
-            f"round trip {100 * self.round_trip:.0f}%, {self._motion()}{self._deformation()}, "
+            f"round trip {100 * self.round_trip:.0f}%, ambiguity {self.ambiguity:.2f}, "
+            f"agreement {self.agreement:.2f}, {self._motion()}{self._deformation()}, "
             f"{sum(self.timings_s.values()):.1f} s"
         )
 

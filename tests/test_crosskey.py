@@ -143,7 +143,7 @@ def test_shipped_model_lands_held_out_cones_and_reranking_sharpens_its_matches(h
         query, reference = describe(plan, features, config)
         pairs = correspond(query, reference, plan, config)
         found = estimate(pairs.fixed_mm, pairs.moving_mm, config.model, plan.ransac, seed=1)
-        verdict = verify(found, pairs, plan, config.min_confidence)
+        verdict = verify(found, pairs, plan, config)
         tre = np.linalg.norm(
             found.transform.apply(case.landmarks_fixed_mm) - case.landmarks_moving_mm, axis=1
         )

@@ -187,7 +187,8 @@ def test_confidence_drops_when_the_inliers_are_a_small_blob(monkeypatch):
         found = real_estimate(src, dst, *args, **kwargs)
         first = src[found.inliers][0]
         blob = found.inliers & (torch.linalg.norm(src - first, dim=1) < 12.0)
-        return Estimate(found.transform, blob, int(blob.sum()), found.rmse_mm, found.confidence)
+        n = int(blob.sum())
+        return Estimate(found.transform, blob, n, found.rmse_mm, found.confidence, n)
 
     monkeypatch.setattr(reg, "estimate", blob_estimate)
     blob = register(case.fixed, case.moving, RegisterConfig(seed=0, min_confidence=0.0))

@@ -29,6 +29,8 @@ def result() -> Result:
         match_confidence=np.linspace(0.0, 1.0, 6),
         confidence=0.99,
         round_trip=0.8,
+        ambiguity=0.1,
+        agreement=0.4,
         rmse_mm=0.1,
         fixed=image,
         moving=image,

@@ -106,7 +106,7 @@ def _world_shift(x: torch.Tensor, grid: Grid, offset_mm: np.ndarray) -> torch.Te
         return _shift(x, tuple(int(v) for v in np.round(index_offset[::-1])))
     translate = torch.eye(d + 1, dtype=torch.float64)
     translate[:d, d] = torch.as_tensor(offset_mm, dtype=torch.float64)
-    theta = sampling_theta(grid, grid, translate).to(x.dtype)
+    theta = sampling_theta(grid, grid, translate).to(x.device, x.dtype)
     coords = F.affine_grid(theta[None], [1, 1, *grid.shape], align_corners=True)
     return F.grid_sample(x[None, None], coords, padding_mode="border", align_corners=True)[0, 0]
 
@@ -121,13 +121,15 @@ def _world_mind(x: torch.Tensor, grid: Grid, dilation_mm: float, patch_sigma_mm:
     return _self_similarity(gaussian_blur(ssd, sigma_vox))
 
 
-def mind_maps(image: Image, config: MindConfig = MindConfig()) -> torch.Tensor:
-    """World-aligned MIND-SSC of ``image``, all dilations stacked: ``(C, *spatial)`` float32.
+def mind_maps(
+    image: Image, config: MindConfig = MindConfig(), device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """World-aligned MIND-SSC of ``image``, all dilations stacked: ``(C, *spatial)`` float32 on ``device``.
 
     C = 12 (3D) or 4 (2D) per dilation. Channel ``k`` compares the same world-axis neighbours on any
     grid, so the same anatomy stored with flipped or permuted axes gives the same channels.
     """
-    x = torch.from_numpy(np.ascontiguousarray(image.array, np.float32))
+    x = torch.from_numpy(np.ascontiguousarray(image.array, np.float32)).to(device)
     return torch.cat([_world_mind(x, image.grid, d, config.patch_sigma_mm) for d in config.dilations_mm])
 
 
