@@ -5,7 +5,8 @@
   gave up) has TRE NaN: it counts as unsuccessful, is left out of the TRE statistics and is counted
   in ``n_failed``, with its message kept. Failures are not scored as the identity because an honest
   "no answer" and a wrong answer are different outcomes for a user; the success rate covers both.
-- success: TRE at most :data:`SUCCESS_MM` (``crossreg.evaluate.metrics.success_rate``).
+- success: TRE at most :data:`SUCCESS_MM` (``crossreg.evaluate.metrics.success_rate``); on a known
+  negative (``BenchCase.negative``: no transform is right) a refusal, and any transform is wrong.
 - folded: for a deformable transform, the share of the fixed image's field of view where it folds
   (``crossreg.evaluate.metrics.folded_share``, det J <= 0); None for linear transforms and failures.
 - precision: for methods that return matches, on cases with a true transform, the fraction of
@@ -64,7 +65,7 @@ class KindSummary:
     precision: float | None
     median_seconds: float
     folded: float | None = None  # mean share over the cases with a deformable transform
-    n_wrong: int = 0  # transforms returned with a TRE above SUCCESS_MM (answers, not refusals)
+    n_wrong: int = 0  # transforms returned with a TRE above SUCCESS_MM, or for a known negative
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def score(case: BenchCase, method: str, output: MethodOutput) -> CaseResult:
         errors = np.linalg.norm(output.transform.apply(pf) - pm, axis=1)
         tre, max_tre = float(errors.mean()), float(errors.max())
     failed = (output.failed or "no transform") if output.transform is None else None
-    ok = success_rate(np.array([tre]), SUCCESS_MM) == 1.0
+    ok = output.transform is None if case.negative else success_rate(np.array([tre]), SUCCESS_MM) == 1.0
     folded = None
     if output.transform is not None and not isinstance(output.transform, AffineTransform):
         folded = folded_share(output.transform, case.fixed)
@@ -158,9 +159,9 @@ def _summary(kind: str, method: str, rows: list[CaseResult]) -> KindSummary:
         mean_mm=stats[0],
         median_mm=stats[1],
         p90_mm=stats[2],
-        success_rate=success_rate(tre, SUCCESS_MM),
+        success_rate=float(np.mean([r.success for r in rows])),
         precision=float(np.mean(precisions)) if precisions else None,
         median_seconds=float(np.nanmedian(seconds)) if np.isfinite(seconds).any() else float("nan"),
         folded=float(np.mean(folded)) if folded else None,
-        n_wrong=int((done > SUCCESS_MM).sum()),
+        n_wrong=sum(r.failed is None and not r.success for r in rows),
     )
