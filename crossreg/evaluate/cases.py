@@ -193,7 +193,7 @@ def synthetic_cases(
     return cases
 
 
-def _from_synthetic(case: Case, name: str, kind: str, negative: bool = False) -> BenchCase:
+def _from_synthetic(case: Case, name: str, kind: str, negative: bool) -> BenchCase:
     moving = crop_to_mask(case.moving)
     pf, pm = case.landmarks_fixed_mm, case.landmarks_moving_mm
     return BenchCase(name, kind, case.fixed, moving, case.true_transform, pf, pm, negative)
