@@ -157,6 +157,8 @@ def agreement(
     agree there. 0 when no overlap point has a full set of probes.
     """
     box = _agreement_box(fixed, overlap)
+    if not box.valid_mask().any():
+        return 0.0
     seen = resample(moving, box.grid, transform)
     described = mind_maps(box, AGREEMENT_MIND, device)
     other = mind_maps(seen, AGREEMENT_MIND, device)

@@ -191,6 +191,18 @@ def test_score_of_matches_and_failures():
     assert math.isnan(failed.tre_mm) and failed.failed == "no luck" and failed.precision is None
 
 
+def test_a_known_negative_is_won_by_refusing():
+    pts = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    shift = AffineTransform(np.eye(2), np.array([3.0, 4.0]), "rigid")
+    img = synthetic_cases(("same",), 1, ndim=2)[0].fixed
+    case = BenchCase("c", "us-mirror", img, img, shift, pts, shift.apply(pts), negative=True)
+    answered = score(case, "m", MethodOutput(shift, 1.0))  # even the landmarks' own map is wrong
+    refused = score(case, "m", MethodOutput(None, 1.0, None, "confidence 0.1 < 0.5"))
+    assert answered.tre_mm == pytest.approx(0.0) and not answered.success and refused.success
+    (summary,) = summarize([answered, refused])
+    assert summary.success_rate == 0.5 and summary.n_wrong == 1 and summary.n_failed == 1
+
+
 # ---------------------------------------------------------------- synthetic cases
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import get_args
 
@@ -36,6 +37,7 @@ import numpy as np
 from crossreg import datasets
 from crossreg.deformation import DeformableTransform
 from crossreg.errors import CrossregError
+from crossreg.evaluate.negatives import NEGATIVE_KINDS
 from crossreg.image import Image, crop_to_mask
 from crossreg.imageio import load
 from crossreg.markups import read_markups_json, read_matches_csv
@@ -88,8 +90,14 @@ SHIFT_BENCH_KINDS: dict[str, ShiftBenchKind] = {
 #: pairs (:mod:`crossreg.matcher2d.families`; ``edges`` and ``emission`` were held out of its training),
 #: as the moving image: kind ``same`` of :func:`crossreg.synth.cases.make_case` with that ``family``.
 FAMILY_KINDS: dict[str, str] = {f"family-{name}": name for name in FAMILIES}
-#: Every synthetic kind of the benchmark.
-BENCH_KINDS: tuple[str, ...] = (*get_args(CaseKind), *FOV_KINDS, *SHIFT_BENCH_KINDS, *FAMILY_KINDS)
+#: Every synthetic kind of the benchmark; the known negatives (:mod:`crossreg.evaluate.negatives`) last.
+BENCH_KINDS: tuple[str, ...] = (
+    *get_args(CaseKind),
+    *FOV_KINDS,
+    *SHIFT_BENCH_KINDS,
+    *FAMILY_KINDS,
+    *NEGATIVE_KINDS,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,6 +107,8 @@ class BenchCase:
     true_transform: fixed world mm -> moving world mm (rigid or, with a tissue shift, deformable), or
     None for real data (landmarks only).
     landmarks_fixed_mm, landmarks_moving_mm: ``(N, d)`` corresponding world points, LPS.
+    negative: a known negative (:mod:`crossreg.evaluate.negatives`): no transform is right, so a
+    refusal is the success and any transform returned is a wrong answer, whatever its TRE.
     """
 
     name: str
@@ -108,6 +118,7 @@ class BenchCase:
     true_transform: AffineTransform | DeformableTransform | None
     landmarks_fixed_mm: np.ndarray
     landmarks_moving_mm: np.ndarray
+    negative: bool = False
 
     def __post_init__(self) -> None:
         pf, pm = self.landmarks_fixed_mm, self.landmarks_moving_mm
@@ -151,7 +162,9 @@ def synthetic_cases(
 
     Each kind is a :func:`crossreg.synth.cases.make_case` kind (``t2``, ``ct``, ``random``, ``same``,
     and any kind added there), one of :data:`FOV_KINDS`, one of :data:`SHIFT_BENCH_KINDS` (whole head,
-    nonlinear truth) or, in 2D, one of :data:`FAMILY_KINDS`. Every case rotates by exactly ``angle_deg``
+    nonlinear truth), in 2D one of :data:`FAMILY_KINDS`, or a known negative of
+    :data:`~crossreg.evaluate.negatives.NEGATIVE_KINDS` (an ultrasound case without a right answer).
+    Every case rotates by exactly ``angle_deg``
     and shifts by exactly ``translation_mm``; its moving image keeps a random slab with a fraction of
     the signal drawn from ``fov_range`` (:data:`FOV_KINDS`: their own slabs; ultrasound: the probe's
     cone instead) and has one random axis coarsened by a factor drawn from
@@ -166,7 +179,8 @@ def synthetic_cases(
     cases = []
     for kind in kinds:
         shifted, family = SHIFT_BENCH_KINDS.get(kind), FAMILY_KINDS.get(kind)
-        modality = shifted.modality if shifted else "same" if family else kind
+        negative = NEGATIVE_KINDS.get(kind)
+        modality = shifted.modality if shifted else "same" if family else "us" if negative else kind
         special = FOV_KINDS.get(kind, FovKind(modality, fov_range))
         normal = np.eye(ndim)[-1] if special.axial else None
         for i in range(n_per_kind):
@@ -178,29 +192,29 @@ def synthetic_cases(
             spacing[rng.integers(ndim)] *= rng.uniform(1.0, max_anisotropy)
             case_seed = int(rng.integers(2**31))
             shift = shifted.choices[rng.integers(len(shifted.choices))] if shifted else ()
-            case = make_case(
-                image,
-                special.modality,
-                angle_deg,
-                translation_mm,
+            build = partial(
+                make_case,
+                kind=special.modality,
+                angle_deg=angle_deg,
+                translation_mm=translation_mm,
                 # The probe's cone is an ultrasound's FOV; a shift case keeps the moved tissue in view.
                 fov_fraction=fov if special.modality != "us" and not shifted else 1.0,
                 moving_spacing_mm=tuple(float(s) for s in np.round(spacing, 2)),
-                tissues=tissues,
                 seed=case_seed,
                 slab_normal=normal,
                 shift=shift,
                 family=family,
             )
+            case = negative(build, image, tissues, case_seed) if negative else build(image, tissues=tissues)
             label = case.name if case.name.startswith(f"{kind}-") else f"{kind}-{case.name}"
-            cases.append(_from_synthetic(case, f"{ndim}d-{i:02d}-{label}", kind))
+            cases.append(_from_synthetic(case, f"{ndim}d-{i:02d}-{label}", kind, negative is not None))
     return cases
 
 
-def _from_synthetic(case: Case, name: str, kind: str) -> BenchCase:
+def _from_synthetic(case: Case, name: str, kind: str, negative: bool) -> BenchCase:
     moving = crop_to_mask(case.moving)
     pf, pm = case.landmarks_fixed_mm, case.landmarks_moving_mm
-    return BenchCase(name, kind, case.fixed, moving, case.true_transform, pf, pm)
+    return BenchCase(name, kind, case.fixed, moving, case.true_transform, pf, pm, negative)
 
 
 # ---------------------------------------------------------------- real cases from folders

@@ -5,7 +5,8 @@
   gave up) has TRE NaN: it counts as unsuccessful, is left out of the TRE statistics and is counted
   in ``n_failed``, with its message kept. Failures are not scored as the identity because an honest
   "no answer" and a wrong answer are different outcomes for a user; the success rate covers both.
-- success: TRE at most :data:`SUCCESS_MM` (``crossreg.evaluate.metrics.success_rate``).
+- success: TRE at most :data:`SUCCESS_MM` (``crossreg.evaluate.metrics.success_rate``); on a known
+  negative (``BenchCase.negative``: no transform is right) a refusal, and any transform is wrong.
 - AUC: per threshold of :data:`AUC_MM`, the area under the cumulative curve of the cases' TRE up to it,
   normalised (``crossreg.evaluate.metrics.error_auc``: the mean of ``max(0, 1 - TRE / t)``), a failure
   counting as an infinite TRE. It rewards precision where success only counts: 0.5 mm scores 0.83 at
@@ -70,7 +71,7 @@ class KindSummary:
     precision: float | None
     median_seconds: float
     folded: float | None = None  # mean share over the cases with a deformable transform
-    n_wrong: int = 0  # transforms returned with a TRE above SUCCESS_MM (answers, not refusals)
+    n_wrong: int = 0  # transforms returned with a TRE above SUCCESS_MM, or for a known negative
     auc: tuple[float, ...] = ()  # area under the cumulative TRE curve up to each of AUC_MM, 0-1
 
 
@@ -109,7 +110,7 @@ def score(case: BenchCase, method: str, output: MethodOutput) -> CaseResult:
         errors = np.linalg.norm(output.transform.apply(pf) - pm, axis=1)
         tre, max_tre = float(errors.mean()), float(errors.max())
     failed = (output.failed or "no transform") if output.transform is None else None
-    ok = success_rate(np.array([tre]), SUCCESS_MM) == 1.0
+    ok = output.transform is None if case.negative else success_rate(np.array([tre]), SUCCESS_MM) == 1.0
     folded = None
     if output.transform is not None and not isinstance(output.transform, AffineTransform):
         folded = folded_share(output.transform, case.fixed)
@@ -165,10 +166,10 @@ def _summary(kind: str, method: str, rows: list[CaseResult]) -> KindSummary:
         mean_mm=stats[0],
         median_mm=stats[1],
         p90_mm=stats[2],
-        success_rate=success_rate(tre, SUCCESS_MM),
+        success_rate=float(np.mean([r.success for r in rows])),
         precision=float(np.mean(precisions)) if precisions else None,
         median_seconds=float(np.nanmedian(seconds)) if np.isfinite(seconds).any() else float("nan"),
         folded=float(np.mean(folded)) if folded else None,
-        n_wrong=int((done > SUCCESS_MM).sum()),
+        n_wrong=sum(r.failed is None and not r.success for r in rows),
         auc=tuple(error_auc(tre, t) for t in AUC_MM),
     )
