@@ -25,8 +25,8 @@ def bench(
         typer.Option(
             help="Synthetic case kinds from the shipped MNI152 T1 (comma-separated; slab: a thin T2 slab of "
             "15-25% of the head; family-edges, family-emission, ... (2D only): the slice in a modality "
-            "family of the 2D matcher; us-mirror, us-elsewhere, us-other: known negatives, won by refusing), "
-            "or none."
+            "family of the 2D matcher; us-mirror, us-elsewhere: known negatives, won by refusing; "
+            "us-other: a cone of another head), or none."
         ),
     ] = "us,t2,ct,random",
     n_per_kind: Annotated[int, typer.Option(help="Synthetic cases per kind.")] = 10,

@@ -37,7 +37,7 @@ import numpy as np
 from crossreg import datasets
 from crossreg.deformation import DeformableTransform
 from crossreg.errors import CrossregError
-from crossreg.evaluate.negatives import NEGATIVE_KINDS
+from crossreg.evaluate.cone_variants import CONE_VARIANTS
 from crossreg.image import Image, crop_to_mask
 from crossreg.imageio import load
 from crossreg.markups import read_markups_json, read_matches_csv
@@ -90,13 +90,13 @@ SHIFT_BENCH_KINDS: dict[str, ShiftBenchKind] = {
 #: pairs (:mod:`crossreg.matcher2d.families`; ``edges`` and ``emission`` were held out of its training),
 #: as the moving image: kind ``same`` of :func:`crossreg.synth.cases.make_case` with that ``family``.
 FAMILY_KINDS: dict[str, str] = {f"family-{name}": name for name in FAMILIES}
-#: Every synthetic kind of the benchmark; the known negatives (:mod:`crossreg.evaluate.negatives`) last.
+#: Every synthetic kind of the benchmark; the cone variants (:mod:`crossreg.evaluate.cone_variants`) last.
 BENCH_KINDS: tuple[str, ...] = (
     *get_args(CaseKind),
     *FOV_KINDS,
     *SHIFT_BENCH_KINDS,
     *FAMILY_KINDS,
-    *NEGATIVE_KINDS,
+    *CONE_VARIANTS,
 )
 
 
@@ -107,7 +107,7 @@ class BenchCase:
     true_transform: fixed world mm -> moving world mm (rigid or, with a tissue shift, deformable), or
     None for real data (landmarks only).
     landmarks_fixed_mm, landmarks_moving_mm: ``(N, d)`` corresponding world points, LPS.
-    negative: a known negative (:mod:`crossreg.evaluate.negatives`): no transform is right, so a
+    negative: a known negative (:mod:`crossreg.evaluate.cone_variants`): no transform is right, so a
     refusal is the success and any transform returned is a wrong answer, whatever its TRE.
     """
 
@@ -162,8 +162,8 @@ def synthetic_cases(
 
     Each kind is a :func:`crossreg.synth.cases.make_case` kind (``t2``, ``ct``, ``random``, ``same``,
     and any kind added there), one of :data:`FOV_KINDS`, one of :data:`SHIFT_BENCH_KINDS` (whole head,
-    nonlinear truth), in 2D one of :data:`FAMILY_KINDS`, or a known negative of
-    :data:`~crossreg.evaluate.negatives.NEGATIVE_KINDS` (an ultrasound case without a right answer).
+    nonlinear truth), in 2D one of :data:`FAMILY_KINDS`, or a cone variant of
+    :data:`~crossreg.evaluate.cone_variants.CONE_VARIANTS` (known negatives; a cone of another head).
     Every case rotates by exactly ``angle_deg``
     and shifts by exactly ``translation_mm``; its moving image keeps a random slab with a fraction of
     the signal drawn from ``fov_range`` (:data:`FOV_KINDS`: their own slabs; ultrasound: the probe's
@@ -179,8 +179,8 @@ def synthetic_cases(
     cases = []
     for kind in kinds:
         shifted, family = SHIFT_BENCH_KINDS.get(kind), FAMILY_KINDS.get(kind)
-        negative = NEGATIVE_KINDS.get(kind)
-        modality = shifted.modality if shifted else "same" if family else "us" if negative else kind
+        variant = CONE_VARIANTS.get(kind)
+        modality = shifted.modality if shifted else "same" if family else "us" if variant else kind
         special = FOV_KINDS.get(kind, FovKind(modality, fov_range))
         normal = np.eye(ndim)[-1] if special.axial else None
         for i in range(n_per_kind):
@@ -205,9 +205,15 @@ def synthetic_cases(
                 shift=shift,
                 family=family,
             )
-            case = negative(build, image, tissues, case_seed) if negative else build(image, tissues=tissues)
+            case = (
+                variant.make(build, image, tissues, case_seed) if variant else build(image, tissues=tissues)
+            )
             label = case.name if case.name.startswith(f"{kind}-") else f"{kind}-{case.name}"
-            cases.append(_from_synthetic(case, f"{ndim}d-{i:02d}-{label}", kind, negative is not None))
+            cases.append(
+                _from_synthetic(
+                    case, f"{ndim}d-{i:02d}-{label}", kind, variant is not None and variant.negative
+                )
+            )
     return cases
 
 

@@ -121,7 +121,7 @@ def to_markdown(report: BenchReport) -> str:
         "infinite TRE); precision: putative matches within "
         f"{PRECISION_MM:g} mm of the truth; failed: no transform returned; wrong: a transform returned with "
         f"a TRE above {SUCCESS_MM:g} mm (crossreg returns only answers that passed its confidence check); "
-        "on known negatives (us-mirror, us-elsewhere, us-other: no transform is right) success is a "
+        "on known negatives (us-mirror, us-elsewhere: no transform is right) success is a "
         "refusal and every transform returned is wrong; "
         "folded: share of the fixed "
         "field of view where a deformable transform's Jacobian determinant is <= 0.",

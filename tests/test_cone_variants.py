@@ -1,4 +1,4 @@
-"""Known negatives of the benchmark: ultrasound cones whose MRI holds no rigid answer."""
+"""Cone variants of the benchmark: known negatives (the MRI holds no rigid answer), a cone of another head."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 from crossreg import datasets
 from crossreg.evaluate.cases import BENCH_KINDS, synthetic_cases
-from crossreg.evaluate.negatives import ELSEWHERE_MARGIN_MM, NEGATIVE_KINDS, mirror
+from crossreg.evaluate.cone_variants import CONE_VARIANTS, ELSEWHERE_MARGIN_MM, mirror
 from crossreg.resample import resample
 
 
@@ -15,21 +15,26 @@ def t1():
     return datasets.mni152_t1(2)
 
 
-def negative(kind: str):
+def variant(kind: str):
     (case,) = synthetic_cases((kind,), 1, seed=0)
-    assert case.kind == kind and case.negative and case.name.startswith(f"3d-00-{kind}-us-")
+    assert (
+        case.kind == kind
+        and case.negative == CONE_VARIANTS[kind].negative
+        and case.name.startswith(f"3d-00-{kind}-us-")
+    )
     assert case.moving.grid.contains(case.landmarks_moving_mm, margin_vox=0.5).all()
     assert np.allclose(case.true_transform.apply(case.landmarks_fixed_mm), case.landmarks_moving_mm, atol=0.1)
     return case
 
 
-def test_negative_kinds_are_bench_kinds():
-    assert set(NEGATIVE_KINDS) == {"us-mirror", "us-elsewhere", "us-other"} <= set(BENCH_KINDS)
+def test_cone_variants_are_bench_kinds_and_two_are_negatives():
+    assert set(CONE_VARIANTS) == {"us-mirror", "us-elsewhere", "us-other"} <= set(BENCH_KINDS)
+    assert {k for k, v in CONE_VARIANTS.items() if v.negative} == {"us-mirror", "us-elsewhere"}
     assert not synthetic_cases(("us",), 1, seed=0)[0].negative
 
 
 def test_mirror_case_is_the_flipped_mri_with_a_reflection_for_truth(t1):
-    case = negative("us-mirror")
+    case = variant("us-mirror")
     # MNI152 stores world x (left-right) along the array's last axis.
     assert np.array_equal(case.fixed.array, np.flip(t1.array, 2))
     assert np.array_equal(case.fixed.grid.index_to_world_matrix(), t1.grid.index_to_world_matrix())
@@ -43,7 +48,7 @@ def test_mirror_case_is_the_flipped_mri_with_a_reflection_for_truth(t1):
 
 
 def test_elsewhere_case_keeps_no_mri_where_the_cone_looks(t1):
-    case = negative("us-elsewhere")
+    case = variant("us-elsewhere")
     # The cone, carried back onto the fixed grid by the truth: no valid fixed voxel under it ...
     cone = resample(case.moving, case.fixed.grid, case.true_transform).mask
     valid = case.fixed.valid_mask()
@@ -62,7 +67,7 @@ def test_elsewhere_case_keeps_no_mri_where_the_cone_looks(t1):
 
 
 def test_other_case_is_a_cone_of_another_head(t1):
-    case = negative("us-other")
+    case = variant("us-other")
     assert np.array_equal(case.fixed.array, t1.array)
     # The same draw on the template itself gives another cone: the anatomy differs.
     (own,) = synthetic_cases(("us",), 1, seed=0)

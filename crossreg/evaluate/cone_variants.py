@@ -1,24 +1,28 @@
-"""Known negatives: MRI -> ultrasound cone pairs where no rigid transform is right.
+"""Variants of the MRI -> ultrasound cone cases: known negatives, and cones of another head.
 
-Each is a cone of kind ``us`` (:func:`crossreg.synth.cases.make_case`) whose MRI no longer holds the
-cone's anatomy where a rigid map could find it, so the right output is a refusal and any transform is
-a wrong answer (``BenchCase.negative``; :mod:`crossreg.evaluate.scoring`). Their truth and landmarks
-still say where the cone's tissue is, so a wrong answer's TRE tells how far it went:
+Each is a cone of kind ``us`` (:func:`crossreg.synth.cases.make_case`) drawn as the benchmark draws
+it, then changed. The known negatives' MRI no longer holds the cone's anatomy where a rigid map could
+find it, so the right output is a refusal and any transform is a wrong answer (``BenchCase.negative``;
+:mod:`crossreg.evaluate.scoring`); their truth and landmarks still say where the cone's tissue is, so
+a wrong answer's TRE tells how far it went:
 
 - ``us-mirror``: the fixed MRI flipped left-right (the array along the index axis nearest world x,
   on the same grid), as a header with a flipped axis shows it; the true map is a reflection.
 - ``us-elsewhere``: the fixed MRI without the cone's tissue: zero and outside its mask beyond a plane
   :data:`ELSEWHERE_MARGIN_MM` short of the cone, across the direction from the head's middle to the
   cone's; the landmarks lie in the removed part.
+The other variant has a right answer, scored by TRE as any case:
+
 - ``us-other``: the cone scanned in another head, a synthetic subject of the template
   (:func:`crossreg.synth.subjects.make_subject`, T1 contrast, skull-stripped as the template is),
-  against the template's MRI. Its truth is the subject's deformation then the rigid motion.
+  against the template's MRI. Its truth is the subject's deformation then the rigid motion: a rigid
+  answer lands on the homologous anatomy, within the subject's deformation of it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -97,9 +101,18 @@ def other_subject(build: Build, image: Image, tissues: dict[str, Image], seed: i
     )
 
 
-#: Every known-negative kind of the benchmark: how it turns the ``us`` draw into a case.
-NEGATIVE_KINDS: dict[str, Callable[[Build, Image, dict[str, Image], int], Case]] = {
-    "us-mirror": mirrored,
-    "us-elsewhere": elsewhere,
-    "us-other": other_subject,
+@dataclass(frozen=True)
+class ConeVariant:
+    """A benchmark kind that turns the ``us`` draw into a case by ``make``; ``negative``: no transform
+    is right (a known negative)."""
+
+    make: Callable[[Build, Image, dict[str, Image], int], Case]
+    negative: bool
+
+
+#: Every cone variant of the benchmark.
+CONE_VARIANTS: dict[str, ConeVariant] = {
+    "us-mirror": ConeVariant(mirrored, negative=True),
+    "us-elsewhere": ConeVariant(elsewhere, negative=True),
+    "us-other": ConeVariant(other_subject, negative=False),
 }
