@@ -28,6 +28,10 @@ Mode = Literal["sparse", "dense", "matcher2d"]
 #: sparse or dense descriptor matching as the plan decides) or a matcher of
 #: :data:`crossreg.correspond.MATCHERS`.
 MATCHING = ("auto", "descriptors", *MATCHERS)
+#: Default of ``RegisterConfig.min_agreement``: chosen on benchmark seeds 0 and 1 (MR -> ultrasound
+#: cones with CrossKEY, their known negatives, 2D pairs with the matcher network), checked on seed 2
+#: (docs/reliability.md, "Agreement gate").
+MIN_AGREEMENT = 0.05
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,9 @@ class RegisterConfig:
     refine: RefineConfig | None = field(default_factory=RefineConfig)  # intensity polish; None: off
     deformable: DeformableConfig | None = None  # deformable stage after polish; None: linear only
     min_confidence: float = 0.5  # a less confident transform is refused (docs/reliability.md)
+    # A transform at which the images agree less than this (crossreg.verify.agreement, -1..1) is
+    # refused: calibrated in docs/reliability.md; -1 turns the gate off.
+    min_agreement: float = MIN_AGREEMENT
     device: str = "cpu"  # torch device of descriptors and refinement: cpu, cuda, cuda:N
     seed: int = 0  # keypoint sampling and RANSAC
 
@@ -115,6 +122,8 @@ class RegisterConfig:
             raise InvalidConfigError("the deformable stage follows a rigid, similarity or affine transform")
         if not 0.0 <= self.min_confidence <= 1.0:
             raise InvalidConfigError(f"min confidence {self.min_confidence:g}: expected a value in [0, 1]")
+        if not -1.0 <= self.min_agreement <= 1.0:
+            raise InvalidConfigError(f"min agreement {self.min_agreement:g}: expected a value in [-1, 1]")
 
     def settings(self, mode: Mode) -> SparseConfig | DenseConfig | Matcher2dSettings:
         """The settings of one way of matching."""

@@ -15,10 +15,11 @@ Three checks, each a fact about the answer rather than about the matches alone:
   equally well (a mirror image, a repeated structure);
 - agreement: how sharply the transform is a minimum of the MIND-SSC distance between the two images
   on their overlap, against the transform shifted a few mm each way (:func:`agreement`): near 0 or
-  negative when the images do not look alike there, whatever the matches say.
+  negative when the images do not look alike there, whatever the matches say; under
+  ``min_agreement`` the answer is refused.
 
-Only confidence is a gate; round trip, ambiguity and agreement are reported (``Result``) for a user
-or a calibration (scripts/confidence_roc.py) to judge.
+Confidence and agreement are gates (calibrated by scripts/confidence_roc.py, docs/reliability.md);
+round trip and ambiguity are reported (``Result``) for a user to judge.
 """
 
 from __future__ import annotations
@@ -93,13 +94,19 @@ def verify(found: Estimate, pairs: Correspondences, plan: Plan, config: Register
             f"or leave it loose (confidence {confidence:.2f} < {config.min_confidence:g}): no transform "
             "written; check that the images overlap, or lower --min-confidence to see the guess"
         )
+    local = agreement(fixed, moving, found.transform, overlap, config.device, config.seed)
+    if local < config.min_agreement:
+        raise RegistrationFailed(
+            f"{found.n_inliers} of {len(pairs)} matches agree on a transform, but the images do not look "
+            f"alike under it (agreement {local:.3f} < {config.min_agreement:g}): likely repeated or "
+            "absent anatomy; no transform written (lower --min-agreement to see the guess)"
+        )
     to_reference = found.transform if plan.query.role == "fixed" else found.transform.inverse()
     trip = round_trip(pairs.query, pairs.reference.description, to_reference, pairs.query_mm[inliers])
     back = (trip.error_mm <= plan.ransac.threshold_mm).float().mean() if len(trip.error_mm) else 0.0
     second = ambiguity(
         found, pairs.fixed_mm, pairs.moving_mm, region_mm, config.model, plan.ransac, config.seed
     )
-    local = agreement(fixed, moving, found.transform, overlap, config.device, config.seed)
     return Verdict(confidence, float(back), second, local)
 
 

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from doc_sections import replace_section
 
-from crossreg.config import RegisterConfig
+from crossreg.config import MIN_AGREEMENT, RegisterConfig
 from crossreg.errors import CrossregError
 from crossreg.estimate import RansacConfig, estimate, sample_size
 from crossreg.evaluate.baselines import MethodOutput
@@ -81,6 +81,7 @@ def lowered(config: RegisterConfig, ndim: int) -> RegisterConfig:
         dense=replace(config.dense, ransac=loose(config.dense.ransac)),
         matcher2d=replace(config.matcher2d, ransac=loose(config.matcher2d.ransac)),
         min_confidence=0.0,
+        min_agreement=-1.0,
     )
 
 
@@ -165,7 +166,9 @@ SIGNALS: dict[str, Callable[[dict], float]] = {
 
 def success(rows: list[dict]) -> np.ndarray:
     """(N,) bool: the case was answered with TRE below SUCCESS_MM, and is no known negative."""
-    return np.array([r["answered"] and r["tre_mm"] < SUCCESS_MM and not r.get("negative") for r in rows])
+    return np.array(
+        [r["answered"] and r["tre_mm"] < SUCCESS_MM and not r.get("negative") for r in rows], dtype=bool
+    )
 
 
 def available(rows: list[dict]) -> list[str]:
@@ -337,14 +340,16 @@ def probability(rows: list[dict], names: tuple[str, ...], bias: float, weights: 
     return np.where(np.isnan(logit), 0.0, 1.0 / (1.0 + np.exp(-np.nan_to_num(logit))))
 
 
-#: Ways of accepting an answer the report compares: the default gates, the model at 0.5, both.
-POLICIES = ("default gates", "model p >= 0.5", "both")
+#: Ways of accepting an answer the report compares: the inlier and confidence gates, the model at 0.5,
+#: both, and the shipped gates (those and ``agreement >= MIN_AGREEMENT``).
+POLICIES = ("confidence gates", "model p >= 0.5", "both", f"shipped (agreement >= {MIN_AGREEMENT:g})")
 
 
 def accepted(rows: list[dict], p: np.ndarray) -> dict[str, np.ndarray]:
     """(N,) bool per way of POLICIES: which answers it accepts, given the model's probabilities."""
-    gates = np.array([r["answered"] and not r["refused_by_default"] for r in rows])
-    return dict(zip(POLICIES, (gates, p >= 0.5, gates & (p >= 0.5)), strict=True))
+    gates = np.array([r["answered"] and not r["refused_by_default"] for r in rows], dtype=bool)
+    agree = np.array([r["answered"] and r["agreement"] >= MIN_AGREEMENT for r in rows], dtype=bool)
+    return dict(zip(POLICIES, (gates, p >= 0.5, gates & (p >= 0.5), gates & agree), strict=True))
 
 
 def outcome(rows: list[dict], accept: np.ndarray) -> str:
@@ -405,7 +410,7 @@ def _auc_table(sets: dict[str, list[dict]], p: dict[str, np.ndarray]) -> list[st
             for as_shipped in (True, False):
                 if name == "model":
                     scores = np.where(
-                        accepted(rows, p[label])["default gates"] | (not as_shipped), p[label], 0.0
+                        accepted(rows, p[label])["confidence gates"] | (not as_shipped), p[label], 0.0
                     )
                 else:
                     scores = signal(rows, name, as_shipped)

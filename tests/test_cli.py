@@ -129,6 +129,8 @@ def test_synth_pair_then_register_recovers_the_truth(slice_file, tmp_path):
     args = ("register", str(pair / "fixed.nii.gz"), str(pair / "moving.nii.gz"), "--out", str(strict))
     refused = run(*args, "--min-confidence", "1.01")
     assert refused.exit_code == 2 and "expected a value in [0, 1]" in one_error_line(refused)
+    refused = run(*args, "--min-agreement", "2")
+    assert refused.exit_code == 2 and "expected a value in [-1, 1]" in one_error_line(refused)
     assert not strict.exists()
 
 

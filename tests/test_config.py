@@ -24,6 +24,7 @@ def test_vocabularies_are_the_registries():
             "matching 'global' is unknown; choose from auto, descriptors, sparse, dense, matcher2d",
         ),
         ({"min_confidence": 1.5}, r"min confidence 1.5: expected a value in \[0, 1\]"),
+        ({"min_agreement": -1.5}, r"min agreement -1.5: expected a value in \[-1, 1\]"),
     ],
 )
 def test_unknown_kinds_and_out_of_range_values_are_refused(setting, words):

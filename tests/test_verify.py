@@ -1,16 +1,22 @@
 """verify: the round trip of matches under a transform, the overlap check, ambiguity and agreement."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from crossreg import datasets
+from crossreg.config import MIN_AGREEMENT, RegisterConfig
 from crossreg.describe import Described
-from crossreg.errors import NoOverlapError
+from crossreg.errors import NoOverlapError, RegistrationFailed
 from crossreg.estimate import RansacConfig, estimate
+from crossreg.evaluate.cases import synthetic_cases
+from crossreg.evaluate.metrics import tre_mm
 from crossreg.features.mind import MindFeatures
 from crossreg.keypoints import grid_points
 from crossreg.plan import Side
+from crossreg.register import register
 from crossreg.resample import working_image
 from crossreg.synth.cases import make_case
 from crossreg.transform import AffineTransform, compose, rigid_from_params
@@ -113,3 +119,15 @@ def test_a_second_group_in_one_patch_is_one_piece_of_evidence():
 def test_too_few_other_matches_leave_no_ambiguity():
     fixed_mm, moving_mm = matches([TRUTH], 12, 2)
     assert ambiguity_of(fixed_mm, moving_mm) == 0.0
+
+
+def test_agreement_gate_refuses_a_confident_wrong_answer():
+    # A 2D CT-like slab (bench seed 0, case 0) on which the matcher network's matches agree on a
+    # transform 38 mm off with confidence 0.96: the images do not look alike under it.
+    (case,) = synthetic_cases(("ct",), 1, seed=0, ndim=2)
+    config = RegisterConfig(matching="matcher2d", min_agreement=-1.0)
+    guess = register(case.fixed, case.moving, config)
+    error = tre_mm(guess.transform, case.true_transform, case.landmarks_fixed_mm).mean()
+    assert error > 10.0 and guess.confidence >= 0.5 and guess.agreement < MIN_AGREEMENT
+    with pytest.raises(RegistrationFailed, match="do not look alike"):
+        register(case.fixed, case.moving, replace(config, min_agreement=MIN_AGREEMENT))

@@ -9,7 +9,7 @@ import typer
 
 from crossreg.cli.app import app
 from crossreg.cli.common import check_device, console, friendly_errors
-from crossreg.config import MATCHING
+from crossreg.config import MATCHING, MIN_AGREEMENT
 from crossreg.deformable.config import DeformableConfig
 from crossreg.estimate import MODELS
 from crossreg.features import FEATURES
@@ -90,6 +90,10 @@ def register(
     min_confidence: Annotated[
         float, typer.Option(help="Refuse (exit 3) a transform less confident than this (0..1).")
     ] = 0.5,
+    min_agreement: Annotated[
+        float,
+        typer.Option(help="Refuse (exit 3) a transform under which the images agree less (-1..1; -1: off)."),
+    ] = MIN_AGREEMENT,
     device: Annotated[str, typer.Option(help="Torch device: cpu or cuda.")] = "cpu",
     seed: Annotated[int, typer.Option(help="Seed for keypoint sampling and RANSAC.")] = 0,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing outputs.")] = False,
@@ -119,6 +123,7 @@ def register(
         if deformable
         else None,
         min_confidence=min_confidence,
+        min_agreement=min_agreement,
         device=device,
         seed=seed,
     )
