@@ -70,7 +70,7 @@ def match(desc0: torch.Tensor, desc1: torch.Tensor, config: MatchConfig = MatchC
     # |a|^2 + |b|^2 - 2ab, which matters for descriptors that are all positive (MIND lies in [0, 1]).
     center = b.mean(dim=0)
     a, b = a - center, b - center
-    nn1, best_sq, second_sq, nn0 = _nearest_neighbours(a, b, config.chunk_size)
+    nn1, best_sq, second_sq, nn0 = _nearest_neighbours(a, b, config.chunk_size, config.mutual)
     distance, second = best_sq.sqrt(), second_sq.sqrt()
     # Equal nearest and second-nearest distances (duplicates in desc1) are as ambiguous as it gets.
     ratio = torch.where(second > 0, distance / second, torch.ones_like(distance))
@@ -126,12 +126,14 @@ def match_shortlisted(
 
 
 def _nearest_neighbours(
-    a: torch.Tensor, b: torch.Tensor, chunk_size: int
+    a: torch.Tensor, b: torch.Tensor, chunk_size: int, both_ways: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Nearest row of ``b`` for each row of ``a`` and vice versa, one chunk of ``a`` at a time.
+    """Nearest row of ``b`` for each row of ``a`` and (``both_ways``) vice versa, one chunk of ``a`` at
+    a time.
 
     a: (N0, C); b: (N1, C). Returns nn1 (N0,) indices into b, best_sq and second_sq (N0,) squared
-    distances to the nearest and second-nearest row of b (+inf if N1 < 2), and nn0 (N1,) indices into a.
+    distances to the nearest and second-nearest row of b (+inf if N1 < 2), and nn0 (N1,) indices into a
+    (zeros unless ``both_ways``: the mutual test alone reads them).
     """
     n0, n1 = a.shape[0], b.shape[0]
     k = min(2, n1)
@@ -146,6 +148,8 @@ def _nearest_neighbours(
         values, index = d_sq.topk(k, dim=1, largest=False)
         top_sq[start : start + rows.shape[0], :k] = values
         nn1[start : start + rows.shape[0]] = index[:, 0]
+        if not both_ways:
+            continue
         col_min, col_arg = d_sq.min(dim=0)
         # Strict '<' keeps the earliest row on ties, as an unchunked argmin would.
         better = col_min < col_best
@@ -157,7 +161,8 @@ def _nearest_neighbours(
 def _squared_distances(rows: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances (R, N1) between rows (R, C) and b (N1, C), given b_sq (N1,)."""
     rows_sq = (rows * rows).sum(dim=1, keepdim=True)
-    return torch.addmm(rows_sq + b_sq, rows, b.T, alpha=-2.0).clamp_min_(0.0)
+    # In place: an (R, N1) matrix fewer to write (dense matching compares with a whole image's grid).
+    return (rows_sq + b_sq).addmm_(rows, b.T, alpha=-2.0).clamp_min_(0.0)
 
 
 def _check_inputs(desc0: torch.Tensor, desc1: torch.Tensor) -> None:

@@ -1,7 +1,7 @@
 """Whether a change of code changed crossreg's answers: register benchmark cases with a warm
 Registrator, save each answer, and compare two saved runs.
 
-Usage: python scripts/compare_answers.py save before.json [--device cpu] [--threads 2]
+Usage: python scripts/compare_answers.py save before.json [--device cpu] [--threads 2] [--cases cases.pkl]
        python scripts/compare_answers.py compare before.json after.json
 
 ``save`` registers the cases of :data:`RUNS` (synthetic_cases, seed 0: ultrasound cones with MIND-SSC and
@@ -9,13 +9,16 @@ refinement and with CrossKEY without it, T2 in 3D, T2 in 2D) and writes, per cas
 (accepted, or the error refusing it), the registration and RANSAC transforms' images of the fixed
 landmarks (mm), confidence, inliers and stage timings. ``compare`` prints, per run, the decisions that
 differ and the largest landmark difference (mm) between the two saved answers, and exits non-zero when
-a decision differs or a landmark moved more than ``--tolerance-mm`` (0.1).
+a decision differs or a landmark moved more than ``--tolerance-mm`` (0.1). ``--cases FILE`` reads the
+cases from FILE (a pickle) if it exists, else writes them there: runs of two versions of the code then
+register the very same images (a change of synthesis, or of a filter it uses, cannot blur the comparison).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -25,7 +28,7 @@ import torch
 
 from crossreg import RegisterConfig, Registrator
 from crossreg.errors import NoOverlapError, RegistrationFailed
-from crossreg.evaluate.cases import synthetic_cases
+from crossreg.evaluate.cases import BenchCase, synthetic_cases
 from crossreg.refine import RefineConfig
 
 #: name -> (kind, cases, ndim, features, refine)
@@ -37,15 +40,29 @@ RUNS = {
 }
 
 
-def save(path: Path, device: str, runs: list[str]) -> None:
+def cases_of(runs: list[str], cache: Path | None) -> dict[str, list[BenchCase]]:
+    """The cases of each run, read from ``cache`` if it exists, else generated (and written there)."""
+    if cache is not None and cache.exists():
+        return pickle.loads(cache.read_bytes())
+    cases = {}
+    for name in runs:
+        kind, n, ndim, _, _ = RUNS[name]
+        cases[name] = synthetic_cases([kind], n_per_kind=n, seed=0, ndim=ndim)
+    if cache is not None:
+        cache.write_bytes(pickle.dumps(cases))
+    return cases
+
+
+def save(path: Path, device: str, runs: list[str], cache: Path | None) -> None:
     """Register every case of ``runs`` and write the answers to ``path`` (JSON)."""
     answers: dict[str, list[dict]] = {}
+    cases = cases_of(list(RUNS), cache)
     for name in runs:
-        kind, n, ndim, features, refine = RUNS[name]
+        _, _, _, features, refine = RUNS[name]
         config = RegisterConfig(features=features, refine=RefineConfig() if refine else None, device=device)
         registrator = Registrator(config)
         answers[name] = []
-        for case in synthetic_cases([kind], n_per_kind=n, seed=0, ndim=ndim):
+        for case in cases[name]:
             start = time.perf_counter()
             try:
                 result = registrator.register(case.fixed, case.moving)
@@ -112,6 +129,7 @@ def main() -> None:
     saving.add_argument("--device", default="cpu")
     saving.add_argument("--threads", type=int)
     saving.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated of {', '.join(RUNS)}")
+    saving.add_argument("--cases", type=Path, help="pickle of the cases: read if it exists, else written")
     comparing = sub.add_parser("compare")
     comparing.add_argument("before", type=Path)
     comparing.add_argument("after", type=Path)
@@ -120,7 +138,7 @@ def main() -> None:
     if args.command == "save":
         if args.threads:
             torch.set_num_threads(args.threads)
-        save(args.out, args.device, args.runs.split(","))
+        save(args.out, args.device, args.runs.split(","), args.cases)
     elif not compare(args.before, args.after, args.tolerance_mm):
         sys.exit(1)
 
