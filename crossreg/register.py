@@ -121,7 +121,12 @@ class Registrator:
             pairs = correspond(query, reference, plan, config, net)
         with clock("estimate", f"RANSAC ({config.model}) on {len(pairs)} matches"):
             found = estimate(
-                pairs.fixed_mm, pairs.moving_mm, config.model, plan.ransac, config.seed, config.device
+                pairs.fixed_mm,
+                pairs.moving_mm,
+                config.model,
+                plan.ransac,
+                seed=config.seed,
+                device=config.device,
             )
         with clock("verify", "checking the transform"):
             verdict = verify(found, pairs, plan, config)
