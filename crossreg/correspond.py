@@ -87,7 +87,10 @@ def nearest_candidate(
         return from_matches(query, reference, found)
 
     def candidates(index: torch.Tensor) -> torch.Tensor:
-        return rerank(reference.points_mm[index.reshape(-1).cpu()]).reshape(*index.shape, -1)
+        # Neighbouring queries share most of their shortlists: each candidate is described once.
+        unique, inverse = torch.unique(index, return_inverse=True)
+        described = rerank(reference.points_mm[unique.cpu()])
+        return described.index_select(0, inverse.reshape(-1)).reshape(*index.shape, -1)
 
     second = query.description.rerank_at(query.points_mm)
     found = match_shortlisted(query.descriptors, reference.descriptors, second, candidates, k)

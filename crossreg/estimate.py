@@ -1,10 +1,19 @@
 """Robust transforms from point matches: LO-RANSAC over batched Kabsch-Umeyama least squares, or
 (2D homographies) batched normalised DLT (crossreg.homography).
 
-Every hypothesis of a chunk is fitted to its minimal sample at once (batched SVD) and scored against all
-matches at once (a homography by its transfer error, mm); the best one (most inliers, truncated-quadratic
-MSAC error to break ties) is then polished by local optimisation: re-fit on all its inliers, re-score,
-repeat.
+Every hypothesis is fitted to its minimal sample at once (closed forms, crossreg.fitting) and scored
+against all matches (a homography by its transfer error, mm); the best one (most inliers,
+truncated-quadratic MSAC error to break ties, then the first drawn) is then polished by local
+optimisation: re-fit on all its inliers, re-score, repeat.
+
+Search. Scoring is almost all of RANSAC's work (hypotheses x matches residuals), so a linear model's
+hypotheses are first screened in float32, a chunk at a time, as one matrix product each (:func:`_screen`):
+that gives, for every hypothesis, bounds on its exact score that hold whatever the rounding. Only the
+hypotheses whose upper bound reaches the best lower bound (a handful of 20000) are then scored exactly,
+in float64, and the best of them is the one an exact scoring of every hypothesis would pick. All of it
+runs on the ``device`` asked for, with no per-chunk synchronisation. Every hypothesis is always scored
+(no early exit): dense matching's inlier ratios of a few percent would need ~all of them anyway
+(``log(0.01) / log(1 - 0.04^3)`` is 70000), and their number is the confidence's Bonferroni factor.
 
 Points are world millimetres. ``estimate(src_mm, dst_mm)`` maps ``src`` to ``dst``: pass fixed-image
 points as ``src`` to get crossreg's fixed -> moving registration transform.
@@ -38,22 +47,32 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from crossreg.errors import InvalidConfigError, RegistrationFailed
-from crossreg.homography import degenerate_quads, fit_homography, transfer_squared
+from crossreg.fitting import (
+    MIN_SPREAD_FRACTION,
+    Points,
+    degenerate,
+    fit,
+    fit_homogeneous,
+    fit_minimal,
+    sample_size,
+)
+from crossreg.homography import transfer_squared
 from crossreg.transform import AffineTransform, HomographyTransform, Model, Transform
 
 logger = logging.getLogger(__name__)
 
-Points = torch.Tensor | np.ndarray
 MODELS = ("rigid", "similarity", "affine", "homography")
-# A sample thinner than this fraction of the inlier threshold (RMS distance of its points from their
-# best-fitting line, or plane for affine 3D) leaves part of the transform fixed only by noise.
-_MIN_SPREAD_FRACTION = 0.5
+#: The screen's float32 squared residuals are within this many float32 epsilons of the square of the
+#: largest length they combine (:func:`_screen`): 50 times the largest error measured on bench matches.
+_SCREEN_ROUNDING = 64
+
+__all__ = ["MODELS", "Estimate", "RansacConfig", "determination", "estimate", "fit", "sample_size"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +91,8 @@ class RansacConfig:
     min_inlier_fraction: float = 0.0
     # Local-optimisation rounds (>= 0): re-fit on all inliers and re-score, until the inliers are stable.
     refine_iterations: int = 5
-    # Hypotheses fitted and scored at once (>= 1); memory ~ chunk x M x d float64 for M matches.
+    # Hypotheses screened at once (>= 1); memory ~ chunk x M float32 for M matches. Minimal samples are
+    # drawn a chunk at a time too: the same seed and chunk give the same samples.
     chunk: int = 500
     # Cell side, mm: the confidence counts matches and inliers as the cells they occupy, so neighbouring
     # matches count once (module docstring); 0 counts every match.
@@ -110,80 +130,20 @@ class Estimate:
     n_independent: int
 
 
-def sample_size(model: Model, ndim: int) -> int:
-    """Matches in a minimal sample: d for rigid and similarity (2 in 2D, 3 in 3D), d + 1 for affine,
-    4 for a (2D) homography."""
-    return {"affine": ndim + 1, "homography": 4}.get(model, ndim)
-
-
-def fit(
-    src: Points, dst: Points, model: Model = "rigid", weights: Points | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least-squares ``(matrix, translation)`` with ``dst ~ matrix @ src + translation``.
-
-    src, dst: (k, d) or batched (B, k, d) corresponding points (any d; float64 if not floating).
-    weights: (k,) or (B, k) non-negative, default uniform.
-    Returns matrix (d, d) or (B, d, d) and translation (d,) or (B, d), in src's dtype and device.
-    rigid: proper rotation (det +1, Kabsch); similarity: rotation times isotropic scale (Umeyama);
-    affine: unconstrained linear least squares (minimum-norm where under-determined).
-    """
-    src, dst, w = _as_batch(src, dst, weights)
-    w = w / w.sum(dim=-1, keepdim=True)
-    src_mean = (w[..., None] * src).sum(dim=-2)
-    dst_mean = (w[..., None] * dst).sum(dim=-2)
-    s, t = src - src_mean[..., None, :], dst - dst_mean[..., None, :]
-    if model == "affine":
-        root_w = w.sqrt()[..., None]
-        matrix = (torch.linalg.pinv(root_w * s) @ (root_w * t)).mT
-    elif model in ("rigid", "similarity"):
-        matrix = _rotation(s, t, w, with_scale=model == "similarity")
-    else:
-        raise ValueError(f"fit takes rigid, similarity or affine (fit_homography: homography), got {model!r}")
-    translation = dst_mean - (matrix @ src_mean[..., None])[..., 0]
-    return matrix, translation
-
-
-def _rotation(s: torch.Tensor, t: torch.Tensor, w: torch.Tensor, with_scale: bool) -> torch.Tensor:
-    """Umeyama: rotation (times scale) (..., d, d) best mapping centred s to centred t, (..., k, d)."""
-    cov = t.mT @ (w[..., None] * s)
-    u, sigma, vt = torch.linalg.svd(cov)
-    # Flip the weakest axis when U V^T would be a reflection: the closest proper rotation.
-    sign = torch.where(torch.linalg.det(u @ vt) < 0, -1.0, 1.0).to(s.dtype)
-    e = torch.ones_like(sigma)
-    e[..., -1] = sign
-    rotation = u @ (e[..., None] * vt)
-    if not with_scale:
-        return rotation
-    src_var = (w * (s * s).sum(dim=-1)).sum(dim=-1).clamp_min(torch.finfo(s.dtype).tiny)
-    return ((sigma * e).sum(dim=-1) / src_var)[..., None, None] * rotation
-
-
-def _as_batch(
-    src: Points, dst: Points, weights: Points | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """src, dst as (..., k, d) float tensors of one dtype and device, weights (..., k) to match."""
-    src = torch.as_tensor(src)
-    src = src if src.is_floating_point() else src.double()
-    dst = torch.as_tensor(dst, dtype=src.dtype, device=src.device)
-    if src.shape != dst.shape or src.dim() not in (2, 3):
-        raise ValueError(f"src and dst must both be (k, d) or (B, k, d), got {src.shape} and {dst.shape}")
-    if weights is None:
-        return src, dst, torch.ones(src.shape[:-1], dtype=src.dtype, device=src.device)
-    w = torch.as_tensor(weights, dtype=src.dtype, device=src.device)
-    return src, dst, w.expand(src.shape[:-1])
-
-
 def estimate(
     src_mm: Points,
     dst_mm: Points,
     model: Model = "rigid",
     config: RansacConfig = RansacConfig(),
     seed: int = 0,
+    device: torch.device | str = "cpu",
 ) -> Estimate:
     """The transform mapping ``src_mm`` to ``dst_mm`` that most matches agree with (LO-RANSAC).
 
-    src_mm, dst_mm: (M, d) matched world points, d = 2 or 3, numpy or torch (computed in float64 on
-    the CPU). Deterministic for a given ``seed``; on clean data the result does not depend on the order
+    src_mm, dst_mm: (M, d) matched world points, d = 2 or 3, numpy or torch. The hypotheses are fitted
+    and screened on ``device``; the best one's local optimisation, the inliers and the confidence are
+    computed in float64 on the CPU, so any device gives the same answer (to rounding). Deterministic
+    for a given ``seed``; on clean data the result does not depend on the order
     of the matches (beyond rounding). Raises :class:`RegistrationFailed` with fewer than
     ``max(min_inliers, minimal sample)`` matches, when every sample is degenerate, or with fewer than
     ``config.min_inliers`` inliers or under ``config.min_inlier_fraction`` of the matches as inliers.
@@ -192,7 +152,7 @@ def estimate(
     k = sample_size(model, src.shape[1])
     if src.shape[0] < max(k, config.min_inliers):
         raise RegistrationFailed(_too_few(src.shape[0], max(k, config.min_inliers), "matches", model))
-    h = _best_hypothesis(src, dst, model, config, seed)
+    h = _best_hypothesis(src, dst, model, config, seed, torch.device(device))
     h, inliers = _local_optimisation(src, dst, h, model, config)
     n = int(inliers.sum())
     if n < config.min_inliers:
@@ -223,17 +183,6 @@ def _transform(h: torch.Tensor, model: Model) -> Transform:
     return AffineTransform(h[:d, :d].numpy().copy(), h[:d, d].numpy().copy(), model)
 
 
-def _fit_homogeneous(src: torch.Tensor, dst: torch.Tensor, model: Model) -> torch.Tensor:
-    """(..., d+1, d+1) homogeneous matrices of ``model`` fitted to src, dst (..., k, d)."""
-    if model == "homography":
-        return fit_homography(src, dst)
-    matrix, translation = fit(src, dst, model)
-    d = src.shape[-1]
-    h = torch.zeros(*matrix.shape[:-2], d + 1, d + 1, dtype=matrix.dtype)
-    h[..., :d, :d], h[..., :d, d], h[..., d, d] = matrix, translation, 1.0
-    return h
-
-
 def _as_points(src_mm: Points, dst_mm: Points, model: Model) -> tuple[torch.Tensor, torch.Tensor]:
     """src, dst as (M, d) float64 CPU tensors, checked."""
     src = torch.as_tensor(src_mm).detach().to("cpu", torch.float64)
@@ -261,30 +210,106 @@ def _too_few(count: int, needed: int, what: str, model: Model) -> str:
 
 
 def _best_hypothesis(
-    src: torch.Tensor, dst: torch.Tensor, model: Model, config: RansacConfig, seed: int
+    src: torch.Tensor, dst: torch.Tensor, model: Model, config: RansacConfig, seed: int, device: torch.device
 ) -> torch.Tensor:
-    """The minimal-sample fit (homogeneous (d+1, d+1)) with most inliers, MSAC breaking ties."""
-    generator = torch.Generator().manual_seed(seed)
+    """The minimal-sample fit (homogeneous (d+1, d+1), float64 CPU) with most inliers, MSAC breaking ties
+    and then the order of drawing: every hypothesis fitted at once on ``device``, screened in float32,
+    the few that can be best scored exactly (module docstring)."""
     k = sample_size(model, src.shape[1])
-    best_score, best = -math.inf, None
-    for start in range(0, config.iterations, config.chunk):
-        count = min(config.chunk, config.iterations - start)
-        # Drawn with replacement: a repeated match has zero spread and is rejected as degenerate.
-        sample = torch.randint(src.shape[0], (count, k), generator=generator)
-        h = _fit_homogeneous(src[sample], dst[sample], model)
-        score = _score(src, dst, h, model, config.threshold_mm)
-        usable = ~_degenerate(src[sample], dst[sample], model, config.threshold_mm)
-        score = torch.where(usable & torch.isfinite(score), score, -math.inf)
-        i = int(score.argmax())
-        if score[i] > best_score:
-            best_score, best = float(score[i]), h[i]
-    if best is None:
+    sample = _draw(src.shape[0], k, config, seed).to(device)
+    src, dst = src.to(device), dst.to(device)
+    usable = ~degenerate(src[sample], dst[sample], model, config.threshold_mm)
+    d = src.shape[1]
+    h = torch.full((len(sample), d + 1, d + 1), math.nan, dtype=src.dtype, device=device)
+    # Degenerate samples are never fitted: a homography's SVD fails on the non-finite rows they give.
+    h[usable] = fit_minimal(src[sample[usable]], dst[sample[usable]], model)
+    usable &= torch.isfinite(h).flatten(1).all(dim=1)
+
+    def exact(part: torch.Tensor) -> torch.Tensor:
+        return _score(src, dst, part, model, config.threshold_mm)
+
+    low, high = (
+        (_chunked(exact, h, config.chunk),) * 2 if model == "homography" else _screen(src, dst, h, config)
+    )
+    low, high = (torch.where(usable & torch.isfinite(b), b, -math.inf) for b in (low, high))
+    bound = float(low.max())
+    if not math.isfinite(bound):
         raise RegistrationFailed(
             f"every sampled set of {k} matches was degenerate (collinear, or closer together than "
-            f"{_MIN_SPREAD_FRACTION * config.threshold_mm:g} mm): the matched points do not span the "
+            f"{MIN_SPREAD_FRACTION * config.threshold_mm:g} mm): the matched points do not span the "
             "image; detect keypoints over a larger region or lower RansacConfig.threshold_mm"
         )
-    return best
+    near = torch.nonzero(high >= bound)[:, 0]
+    scores = torch.nan_to_num(_chunked(exact, h[near], config.chunk), nan=-math.inf)
+    return h[near[scores.argmax()]].cpu()
+
+
+def _draw(n_matches: int, k: int, config: RansacConfig, seed: int) -> torch.Tensor:
+    """``config.iterations`` minimal samples (H, k) of match indices, drawn with replacement (a repeated
+    match has zero spread and is rejected as degenerate) a chunk at a time: the same seed and chunk,
+    the same samples."""
+    generator = torch.Generator().manual_seed(seed)
+    counts = [
+        min(config.chunk, config.iterations - start) for start in range(0, config.iterations, config.chunk)
+    ]
+    return torch.cat([torch.randint(n_matches, (count, k), generator=generator) for count in counts])
+
+
+def _chunked(score: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``score`` (B,) of hypotheses h (B, d+1, d+1), a chunk of them at a time."""
+    return torch.cat([score(h[start : start + chunk]) for start in range(0, len(h), chunk)])
+
+
+def _screen(
+    src: torch.Tensor, dst: torch.Tensor, h: torch.Tensor, config: RansacConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds (B,) float64 on the :func:`_score` of linear hypotheses h (B, d+1, d+1).
+
+    A squared residual ``|A s + t - d|^2`` is a dot product of a vector of the hypothesis (A^T A, A^T t,
+    A, t) with one of the match (s s^T, s, d s^T, d, |d|^2), so each chunk's residuals are one float32
+    matrix product. Coordinates are centred first; the rounding error of a residual then stays below
+    :data:`_SCREEN_ROUNDING` float32 epsilons of ``(|A| max|s| + |t| + max|d|)^2``, and a residual that
+    close to the threshold counts as maybe in, maybe out.
+    """
+    d, thr_sq, n = src.shape[1], config.threshold_mm**2, src.shape[0]
+    src_mean, dst_mean = src.mean(dim=0), dst.mean(dim=0)
+    s, t = src - src_mean, dst - dst_mean
+    a = h[:, :d, :d]
+    shift = h[:, :d, d] + a @ src_mean - dst_mean  # the translation between centred coordinates
+    rows, cols = torch.triu_indices(d, d, device=src.device)
+    twice = torch.where(rows == cols, 1.0, 2.0).to(src)  # off-diagonal products appear twice in s^T G s
+    per_match = torch.cat(
+        [s[:, rows] * s[:, cols], s, (t[:, :, None] * s[:, None, :]).flatten(1), t, t.square().sum(1, True)],
+        1,
+    )
+    per_hypothesis = torch.cat(
+        [
+            (a.mT @ a)[:, rows, cols] * twice,
+            2 * (a.mT @ shift[..., None])[..., 0],
+            -2 * a.flatten(1),
+            -2 * shift,
+            torch.ones_like(shift[:, :1]),
+        ],
+        1,
+    )
+    size = torch.linalg.matrix_norm(a) * s.norm(dim=1).max() + shift.norm(dim=1) + t.norm(dim=1).max()
+    eps = torch.finfo(torch.float32).eps
+    tolerance = (_SCREEN_ROUNDING * eps * size.square()).float()
+    per_match = per_match.T.float().contiguous()
+    per_hypothesis, bias = per_hypothesis.float(), shift.square().sum(dim=1).float()
+    low, high = [], []
+    for start in range(0, len(h), config.chunk):
+        part = slice(start, start + config.chunk)
+        squared = torch.addmm(bias[part, None], per_hypothesis[part], per_match)
+        margin = tolerance[part, None]
+        sure, maybe = ((squared < thr_sq - margin).sum(dim=1), (squared < thr_sq + margin).sum(dim=1))
+        msac = squared.clamp(max=thr_sq).sum(dim=1).double()
+        # Each clamped residual is off by at most its margin; their float32 sum adds its own rounding.
+        slack = n * (tolerance[part].double() + _SCREEN_ROUNDING * eps * thr_sq)
+        scale = n * thr_sq + 1.0
+        low.append(sure - (msac + slack) / scale)
+        high.append(maybe - (msac - slack) / scale)
+    return torch.cat(low), torch.cat(high)
 
 
 def _score(
@@ -309,27 +334,6 @@ def _squared_residuals(src: torch.Tensor, dst: torch.Tensor, h: torch.Tensor, mo
     return difference.square_().sum(dim=-2)
 
 
-def _degenerate(src: torch.Tensor, dst: torch.Tensor, model: Model, threshold_mm: float) -> torch.Tensor:
-    """(B,) whether samples src, dst (B, k, d) are degenerate (see :func:`_thin`; homographies:
-    crossreg.homography.degenerate_quads, with the same fraction of the threshold)."""
-    if model == "homography":
-        return degenerate_quads(src, dst, _MIN_SPREAD_FRACTION * threshold_mm)
-    return _thin(torch.stack([src, dst]), threshold_mm).any(dim=0)
-
-
-def _thin(points: torch.Tensor, threshold_mm: float) -> torch.Tensor:
-    """(..., B) whether samples (..., B, k, d) are near-collinear or near-duplicate, given the threshold.
-
-    The k points must span k - 1 dimensions: the RMS distance of the points from their best-fitting
-    (k - 2)-flat (a point for k = 2, a line for k = 3, a plane for k = 4) must reach a fraction of the
-    threshold.
-    """
-    k = points.shape[-2]
-    centred = points - points.mean(dim=-2, keepdim=True)
-    spread = torch.linalg.svdvals(centred)[..., k - 2] / math.sqrt(k)
-    return spread < _MIN_SPREAD_FRACTION * threshold_mm
-
-
 def _local_optimisation(
     src: torch.Tensor, dst: torch.Tensor, h: torch.Tensor, model: Model, config: RansacConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -346,7 +350,7 @@ def _local_optimisation(
     for _ in range(config.refine_iterations):
         if int(inliers.sum()) < sample_size(model, src.shape[1]):
             break
-        h = _fit_homogeneous(src[inliers], dst[inliers], model)
+        h = fit_homogeneous(src[inliers], dst[inliers], model)
         previous, inliers = inliers, _squared_residuals(src, dst, h, model) < thr_sq
         if torch.equal(inliers, previous):
             break

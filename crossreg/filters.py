@@ -9,17 +9,19 @@ import torch.nn.functional as F
 
 
 def _conv_along(x: torch.Tensor, kernel: torch.Tensor, axis: int) -> torch.Tensor:
-    """1D convolution of ``x`` ``(C, *spatial)`` along spatial ``axis`` with replicate padding."""
+    """1D convolution of ``x`` ``(C, *spatial)`` along spatial ``axis`` with replicate padding, by a
+    ``(2r+1,)`` CPU kernel: a weighted sum of the padded array's shifted views (a grouped conv3d is
+    several times slower on a CPU)."""
     nd = x.dim() - 1
-    c = x.shape[0]
     r = kernel.numel() // 2
-    shape = [1] * nd
-    shape[axis] = kernel.numel()
-    weight = kernel.to(x.dtype).view(1, 1, *shape).expand(c, 1, *shape)
     pad = [0, 0] * nd
     pad[2 * (nd - 1 - axis)] = pad[2 * (nd - 1 - axis) + 1] = r
-    conv = F.conv3d if nd == 3 else F.conv2d
-    return conv(F.pad(x[None], pad, mode="replicate"), weight, groups=c)[0]
+    padded = F.pad(x[None], pad, mode="replicate")[0]
+    weights, n = kernel.tolist(), x.shape[axis + 1]
+    out = padded.narrow(axis + 1, 0, n) * weights[0]
+    for shift, weight in enumerate(weights[1:], start=1):  # over the kernel's taps, not the voxels
+        out.add_(padded.narrow(axis + 1, shift, n), alpha=weight)
+    return out
 
 
 def gaussian_kernel(sigma_vox: float, truncate: float = 3.0) -> torch.Tensor:
@@ -36,7 +38,7 @@ def gaussian_blur(x: torch.Tensor, sigma_vox: float | tuple[float, ...]) -> torc
     sig = (sigma_vox,) * nd if isinstance(sigma_vox, (int, float)) else tuple(sigma_vox)
     for axis, s in enumerate(sig):
         if s > 0:
-            x = _conv_along(x, gaussian_kernel(s).to(x.device), axis)
+            x = _conv_along(x, gaussian_kernel(s), axis)
     return x
 
 
@@ -44,7 +46,7 @@ def box_mean(x: torch.Tensor, radius_vox: int) -> torch.Tensor:
     """Mean over a ``(2r+1)^d`` box around each voxel, ``(C, *spatial)``."""
     if radius_vox <= 0:
         return x
-    k = torch.full((2 * radius_vox + 1,), 1.0 / (2 * radius_vox + 1), device=x.device)
+    k = torch.full((2 * radius_vox + 1,), 1.0 / (2 * radius_vox + 1))
     for axis in range(x.dim() - 1):
         x = _conv_along(x, k, axis)
     return x

@@ -8,12 +8,16 @@ chunk at a time, so no more than ``chunk_size x N1`` distances exist at once: 10
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
 logger = logging.getLogger(__name__)
+
+#: Distances held at once by one chunk (32 M float32: 128 MB): fewer rows than ``chunk_size`` when
+#: each row compares with that many candidates.
+_CHUNK_DISTANCES = 2**25
 
 
 @dataclass(frozen=True)
@@ -24,7 +28,8 @@ class MatchConfig:
     # is at most this (> 0; the ratio never exceeds 1, so 1.0 disables the test).
     max_ratio: float = 0.9
     mutual: bool = True  # keep a pair only if each descriptor is the other's nearest neighbour
-    # Rows of desc0 compared at once (>= 1): memory holds chunk_size x N1 distances.
+    # Rows of desc0 compared at once (>= 1; fewer when desc1 is long, _CHUNK_DISTANCES): memory holds at
+    # most chunk_size x N1 distances.
     chunk_size: int = 2048
 
     def __post_init__(self) -> None:
@@ -70,7 +75,7 @@ def match(desc0: torch.Tensor, desc1: torch.Tensor, config: MatchConfig = MatchC
     # |a|^2 + |b|^2 - 2ab, which matters for descriptors that are all positive (MIND lies in [0, 1]).
     center = b.mean(dim=0)
     a, b = a - center, b - center
-    nn1, best_sq, second_sq, nn0 = _nearest_neighbours(a, b, config.chunk_size)
+    nn1, best_sq, second_sq, nn0 = _nearest_neighbours(a, b, config.chunk_size, config.mutual)
     distance, second = best_sq.sqrt(), second_sq.sqrt()
     # Equal nearest and second-nearest distances (duplicates in desc1) are as ambiguous as it gets.
     ratio = torch.where(second > 0, distance / second, torch.ones_like(distance))
@@ -104,10 +109,8 @@ def match_shortlisted(
     if a.shape[0] == 0 or b.shape[0] == 0:
         return _empty_matches(a)
     k = min(k, b.shape[0])
-    b_sq = (b * b).sum(dim=1)
     first_sq, shortlist = [], []
-    for start in range(0, a.shape[0], chunk_size):
-        d_sq = _squared_distances(a[start : start + chunk_size], b, b_sq)
+    for _, d_sq in _distance_chunks(a, b, chunk_size):
         values, index = d_sq.topk(k, dim=1, largest=False)
         first_sq.append(values)
         shortlist.append(index)
@@ -126,26 +129,27 @@ def match_shortlisted(
 
 
 def _nearest_neighbours(
-    a: torch.Tensor, b: torch.Tensor, chunk_size: int
+    a: torch.Tensor, b: torch.Tensor, chunk_size: int, both_ways: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Nearest row of ``b`` for each row of ``a`` and vice versa, one chunk of ``a`` at a time.
+    """Nearest row of ``b`` for each row of ``a`` and (``both_ways``) vice versa, one chunk of ``a`` at
+    a time.
 
     a: (N0, C); b: (N1, C). Returns nn1 (N0,) indices into b, best_sq and second_sq (N0,) squared
-    distances to the nearest and second-nearest row of b (+inf if N1 < 2), and nn0 (N1,) indices into a.
+    distances to the nearest and second-nearest row of b (+inf if N1 < 2), and nn0 (N1,) indices into a
+    (zeros unless ``both_ways``: the mutual test alone reads them).
     """
     n0, n1 = a.shape[0], b.shape[0]
     k = min(2, n1)
-    b_sq = (b * b).sum(dim=1)
     nn1 = torch.empty(n0, dtype=torch.long, device=a.device)
     top_sq = torch.full((n0, 2), float("inf"), dtype=a.dtype, device=a.device)
     col_best = torch.full((n1,), float("inf"), dtype=a.dtype, device=a.device)
     nn0 = torch.zeros(n1, dtype=torch.long, device=a.device)
-    for start in range(0, n0, chunk_size):
-        rows = a[start : start + chunk_size]
-        d_sq = _squared_distances(rows, b, b_sq)
+    for start, d_sq in _distance_chunks(a, b, chunk_size):
         values, index = d_sq.topk(k, dim=1, largest=False)
-        top_sq[start : start + rows.shape[0], :k] = values
-        nn1[start : start + rows.shape[0]] = index[:, 0]
+        top_sq[start : start + d_sq.shape[0], :k] = values
+        nn1[start : start + d_sq.shape[0]] = index[:, 0]
+        if not both_ways:
+            continue
         col_min, col_arg = d_sq.min(dim=0)
         # Strict '<' keeps the earliest row on ties, as an unchunked argmin would.
         better = col_min < col_best
@@ -154,10 +158,21 @@ def _nearest_neighbours(
     return nn1, top_sq[:, 0], top_sq[:, 1], nn0
 
 
-def _squared_distances(rows: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances (R, N1) between rows (R, C) and b (N1, C), given b_sq (N1,)."""
-    rows_sq = (rows * rows).sum(dim=1, keepdim=True)
-    return torch.addmm(rows_sq + b_sq, rows, b.T, alpha=-2.0).clamp_min_(0.0)
+def _distance_chunks(a: torch.Tensor, b: torch.Tensor, chunk_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(start, d_sq)``: squared Euclidean distances (R, N1) of rows ``a[start : start + R]`` of a (N0, C)
+    to b (N1, C), R at most ``chunk_size``. Every chunk is written into one buffer: a whole image's grid
+    of candidates gives rows of 10^5 distances, and a fresh buffer per chunk costs more in page faults
+    than the arithmetic; a chunk is valid until the next. R is also at most :data:`_CHUNK_DISTANCES` /
+    N1, unless that is under 2 C: each chunk reads all of b, which should cost less than its distances.
+    """
+    rows_per_chunk = max(1, min(chunk_size, max(_CHUNK_DISTANCES // max(b.shape[0], 1), 2 * b.shape[1])))
+    b_sq = (b * b).sum(dim=1)
+    buffer = torch.empty(min(rows_per_chunk, a.shape[0]), b.shape[0], dtype=a.dtype, device=a.device)
+    for start in range(0, a.shape[0], rows_per_chunk):
+        rows = a[start : start + rows_per_chunk]
+        rows_sq = (rows * rows).sum(dim=1, keepdim=True)
+        d_sq = torch.add(rows_sq, b_sq, out=buffer[: rows.shape[0]])
+        yield start, d_sq.addmm_(rows, b.T, alpha=-2.0).clamp_min_(0.0)
 
 
 def _check_inputs(desc0: torch.Tensor, desc1: torch.Tensor) -> None:

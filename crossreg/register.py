@@ -120,7 +120,14 @@ class Registrator:
             net = self._matcher_net() if plan.mode == "matcher2d" else None
             pairs = correspond(query, reference, plan, config, net)
         with clock("estimate", f"RANSAC ({config.model}) on {len(pairs)} matches"):
-            found = estimate(pairs.fixed_mm, pairs.moving_mm, config.model, plan.ransac, seed=config.seed)
+            found = estimate(
+                pairs.fixed_mm,
+                pairs.moving_mm,
+                config.model,
+                plan.ransac,
+                seed=config.seed,
+                device=config.device,
+            )
         with clock("verify", "checking the transform"):
             verdict = verify(found, pairs, plan, config)
         with clock("polish", "intensity refinement" if config.refine else "done"):

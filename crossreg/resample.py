@@ -9,6 +9,7 @@ chain projective: its last row then divides the coordinates affine_grid gives.
 from __future__ import annotations
 
 import warnings
+from typing import overload
 
 import numpy as np
 import torch
@@ -136,7 +137,23 @@ def working_image(image: Image, spacing_mm: float) -> Image:
     return work.with_array(work.array, work.valid_mask() & fov_mask(work))
 
 
-def grid_coords(grid: Grid, points_mm: np.ndarray) -> np.ndarray:
-    """grid_sample coordinates ``(N, d)`` (x, y, z; -1..1 at the corner voxel centres) of world points."""
-    index_xyz = grid.world_to_index(points_mm)
-    return 2.0 * index_xyz / np.maximum(grid.size_xyz - 1, 1) - 1.0
+@overload
+def grid_coords(grid: Grid, points_mm: np.ndarray) -> np.ndarray: ...
+@overload
+def grid_coords(grid: Grid, points_mm: torch.Tensor) -> torch.Tensor: ...
+def grid_coords(grid: Grid, points_mm: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """grid_sample coordinates ``(N, d)`` (x, y, z; -1..1 at the corner voxel centres) of world points
+    ``(N, d)``: numpy in, numpy out; a tensor in, a float64 tensor on its device out (descriptors read
+    at millions of points: numpy's small matrix products would take seconds)."""
+    if isinstance(points_mm, np.ndarray):
+        index_xyz = grid.world_to_index(points_mm)
+        return 2.0 * index_xyz / np.maximum(grid.size_xyz - 1, 1) - 1.0
+    size = torch.as_tensor(np.maximum(grid.size_xyz - 1, 1), dtype=torch.float64, device=points_mm.device)
+    return 2.0 * grid_index(grid, points_mm) / size - 1.0
+
+
+def grid_index(grid: Grid, points_mm: torch.Tensor) -> torch.Tensor:
+    """Continuous indices ``(N, d)`` (x, y, z order), float64 on the points' device, of world points
+    ``(N, d)``: :meth:`crossreg.image.Grid.world_to_index` in torch."""
+    to_index = torch.as_tensor(np.linalg.inv(grid.index_to_world_matrix()), device=points_mm.device)
+    return points_mm.double() @ to_index[:-1, :-1].T + to_index[:-1, -1]

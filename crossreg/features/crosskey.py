@@ -126,12 +126,14 @@ class DescriptorNet(nn.Module):
 def network_input(work: Image, config: NetworkConfig, mind: torch.Tensor | None = None) -> torch.Tensor:
     """``(1, config.in_channels, *work.shape)``: intensity (0 outside the mask), mask and, with
     ``config.mind_input``, the MIND-SSC maps (0 outside the mask) of a working image (``mind``:
-    ``mind_maps(work)`` with the default :class:`MindConfig`, if already computed)."""
+    ``mind_maps(work)`` with the default :class:`MindConfig`, if already computed), on ``mind``'s
+    device (the CPU without it)."""
     mask = work.valid_mask()
     array = np.where(mask, work.array, 0.0).astype(np.float32)
-    inputs = torch.from_numpy(np.stack([array, mask.astype(np.float32)]))
+    device = "cpu" if mind is None else mind.device
+    inputs = torch.from_numpy(np.stack([array, mask.astype(np.float32)])).to(device)
     if config.mind_input:
-        maps = mind_maps(work) if mind is None else mind.cpu()
+        maps = mind_maps(work) if mind is None else mind
         inputs = torch.cat([inputs, maps * inputs[1:2]])
     return inputs[None]
 
@@ -141,9 +143,9 @@ def _read_levels(
 ) -> torch.Tensor:
     """Unit descriptors ``(N, out_dim)`` float32 of world points ``(N, d)``, from the encoder levels
     of ``work``, on the network's device."""
-    coords = torch.from_numpy(grid_coords(work.grid, points_mm.detach().cpu().double().numpy()))
+    coords = grid_coords(work.grid, points_mm.detach().to(levels[0].device))
     with torch.no_grad():
-        return net.descriptors_at(levels, coords.to(levels[0].device)).float()
+        return net.descriptors_at(levels, coords).float()
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,7 +161,7 @@ class CrossKeyFeatures:
     def describe(self, image: Image) -> Description:
         """The encoder run once over ``image``; descriptors read at any point from its levels."""
         device = next(self.net.parameters()).device
-        maps = mind_maps(image, self.mind).to(device)
+        maps = mind_maps(image, self.mind, device)
         # The network reads the MIND-SSC maps it was trained on; other settings only re-rank.
         network_maps = maps if self.mind == MindConfig() else None
         with torch.no_grad():

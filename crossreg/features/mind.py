@@ -24,7 +24,10 @@ import torch.nn.functional as F
 from crossreg.features.base import Description
 from crossreg.filters import box_mean, gaussian_blur
 from crossreg.image import Grid, Image
-from crossreg.resample import grid_coords, sampling_theta
+from crossreg.resample import grid_coords, grid_index, sampling_theta
+
+#: Index coordinates this close to whole numbers (in voxels) are voxel centres.
+_ON_VOXEL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -151,18 +154,52 @@ def mind_descriptors(
 
     maps: ``mind_maps(image, config)`` if already computed, ``(C, *image.shape)``, on any device;
     the descriptors come back on its device. Samples (trilinear) outside the image read as zero;
-    a point with its whole layout outside gets the zero vector.
+    a point with its whole layout outside gets the zero vector. Where every sample falls on a voxel
+    centre (grids of points on the working grid, a layout of whole voxels), the maps are read there
+    directly: what trilinear sampling gives, without its cost or its coordinates' float32 rounding.
     """
     maps = mind_maps(image, config) if maps is None else maps
     d = image.ndim
     offsets = layout_offsets_mm(d, config)
     n, k, c = points_mm.shape[0], offsets.shape[0], maps.shape[0]
-    world = (points_mm.detach().cpu().double()[:, None, :] + offsets[None]).reshape(-1, d)
-    coords = grid_coords(image.grid, world.numpy())
-    coords = torch.from_numpy(coords).to(maps.device, maps.dtype).view(1, n, k, *[1] * (d - 2), d)
-    values = F.grid_sample(maps[None], coords, mode="bilinear", padding_mode="zeros", align_corners=True)
-    desc = values.reshape(c, n, k).permute(1, 2, 0).reshape(n, k * c)
-    return F.normalize(desc - desc.mean(dim=1, keepdim=True), dim=1).float()
+    points, offsets = points_mm.detach().to(maps.device, torch.float64), offsets.to(maps.device)
+    voxels = _whole_voxels(image.grid, points, offsets)
+    if voxels is not None:
+        desc = _read_voxels(maps, voxels).reshape(n, k * c)
+    else:
+        world = (points[:, None, :] + offsets[None]).reshape(-1, d)
+        coords = grid_coords(image.grid, world).to(maps.dtype).view(1, n, k, *[1] * (d - 2), d)
+        values = F.grid_sample(maps[None], coords, mode="bilinear", padding_mode="zeros", align_corners=True)
+        desc = values.reshape(c, n, k).permute(1, 2, 0).reshape(n, k * c)
+    desc -= desc.mean(dim=1, keepdim=True)
+    return desc.div_(desc.norm(dim=1, keepdim=True).clamp_min(1e-12)).float()
+
+
+def _whole_voxels(grid: Grid, points_mm: torch.Tensor, offsets_mm: torch.Tensor) -> torch.Tensor | None:
+    """Voxel indices ``(N, K, d)`` int32 (x, y, z order) of points ``(N, d)`` plus layout offsets
+    ``(K, d)`` (world mm, float64) when the points are voxel centres and the offsets whole voxels (of
+    an axis-aligned grid: the working grids are), else None."""
+    if len(points_mm) == 0 or not np.allclose(grid.direction, np.eye(grid.ndim)):
+        return None
+    at_points = grid_index(grid, points_mm)
+    steps = offsets_mm / torch.as_tensor(grid.spacing_mm, dtype=torch.float64, device=offsets_mm.device)
+    whole = [x.round() for x in (at_points, steps)]
+    if max(float((x - w).abs().max()) for x, w in zip((at_points, steps), whole, strict=True)) > _ON_VOXEL:
+        return None
+    return whole[0].int()[:, None, :] + whole[1].int()[None]
+
+
+def _read_voxels(maps: torch.Tensor, index_xyz: torch.Tensor) -> torch.Tensor:
+    """``maps`` ``(C, *shape)`` at whole-voxel indices ``(..., d)`` (x, y, z order): ``(..., C)``, zero
+    outside."""
+    c, shape_xyz = maps.shape[0], maps.shape[1:][::-1]
+    size = torch.as_tensor(shape_xyz, dtype=torch.int32, device=maps.device)
+    strides = torch.cumprod(torch.cat([size.new_ones(1), size[:-1]]), dim=0)
+    inside = ((index_xyz >= 0) & (index_xyz < size)).all(dim=-1)
+    linear = torch.where(inside, (index_xyz * strides).sum(dim=-1, dtype=torch.int64), int(size.prod()))
+    # Channels last (one row per voxel, then a row of zeros for outside): each sample is one row.
+    table = torch.cat([maps.reshape(c, -1).T, maps.new_zeros(1, c)])
+    return table.index_select(0, linear.reshape(-1)).reshape(*linear.shape, c)
 
 
 @dataclass(frozen=True)
@@ -175,5 +212,5 @@ class MindFeatures:
 
     def describe(self, image: Image) -> Description:
         """``image``'s dense MIND-SSC maps, computed once, read at any point."""
-        maps = mind_maps(image, self.config).to(self.device)
+        maps = mind_maps(image, self.config, self.device)
         return Description(image, partial(mind_descriptors, image, config=self.config, maps=maps))
