@@ -74,11 +74,7 @@ def save(path: Path, device: str, runs: list[str], cache: Path | None) -> None:
                     "decision": "accepted",
                     "landmarks_mm": result.transform.apply(case.landmarks_fixed_mm).tolist(),
                     "ransac_landmarks_mm": result.ransac_transform.apply(case.landmarks_fixed_mm).tolist(),
-                    "tre_mm": float(
-                        np.linalg.norm(
-                            result.transform.apply(case.landmarks_fixed_mm) - case.landmarks_moving_mm, axis=1
-                        ).mean()
-                    ),
+                    "tre_mm": float(case.landmark_errors_mm(result.transform).mean()),
                     "confidence": result.confidence,
                     "n_inliers": result.n_inliers,
                     "ambiguity": result.ambiguity,

@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
@@ -55,8 +54,7 @@ def case_row(case: BenchCase, result: Result | None, seconds: float) -> str:
     """One markdown row: the case, its seconds, and its mean TRE, inliers and confidence."""
     if result is None:
         return f"| {case.name} | {seconds:.2f} | refused | | |"
-    moved = result.transform.apply(case.landmarks_fixed_mm)
-    tre = float(np.linalg.norm(moved - case.landmarks_moving_mm, axis=1).mean())
+    tre = float(case.landmark_errors_mm(result.transform).mean())
     return f"| {case.name} | {seconds:.2f} | {tre:.2f} | {result.n_inliers} | {result.confidence:.2f} |"
 
 

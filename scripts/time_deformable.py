@@ -8,7 +8,6 @@ python scripts/time_deformable.py [cpu|cuda] [SEED] [THREADS]
 import sys
 import time
 
-import numpy as np
 import torch
 
 from crossreg.config import RegisterConfig
@@ -24,8 +23,7 @@ if len(sys.argv) > 3:
 
 
 def tre(transform, case) -> float:
-    moved = transform.apply(case.landmarks_fixed_mm)
-    return float(np.linalg.norm(moved - case.landmarks_moving_mm, axis=1).mean())
+    return float(case.landmark_errors_mm(transform).mean())
 
 
 done = set()

@@ -133,6 +133,11 @@ class BenchCase:
     def ndim(self) -> int:
         return self.fixed.ndim
 
+    def landmark_errors_mm(self, transform: AffineTransform | DeformableTransform) -> np.ndarray:
+        """``(N,)`` ``|T(p_fixed) - p_moving|`` of ``transform`` (fixed -> moving) at each landmark pair,
+        mm: its target registration error (the mean is the case's TRE)."""
+        return np.linalg.norm(transform.apply(self.landmarks_fixed_mm) - self.landmarks_moving_mm, axis=1)
+
 
 # ---------------------------------------------------------------- synthetic cases
 

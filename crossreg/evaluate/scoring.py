@@ -97,8 +97,7 @@ class BenchReport:
 
 def score(case: BenchCase, method: str, output: MethodOutput) -> CaseResult:
     """The CaseResult of ``output`` on ``case`` (see the module docstring for the definitions)."""
-    pf, pm = case.landmarks_fixed_mm, case.landmarks_moving_mm
-    initial = float(np.linalg.norm(pf - pm, axis=1).mean())
+    initial = float(case.landmark_errors_mm(AffineTransform.identity(case.ndim)).mean())
     precision, n_matches = None, None
     if output.matches is not None:
         n_matches = len(output.matches[0])
@@ -107,7 +106,7 @@ def score(case: BenchCase, method: str, output: MethodOutput) -> CaseResult:
     if output.transform is None:
         tre = max_tre = float("nan")
     else:
-        errors = np.linalg.norm(output.transform.apply(pf) - pm, axis=1)
+        errors = case.landmark_errors_mm(output.transform)
         tre, max_tre = float(errors.mean()), float(errors.max())
     failed = (output.failed or "no transform") if output.transform is None else None
     ok = output.transform is None if case.negative else success_rate(np.array([tre]), SUCCESS_MM) == 1.0
