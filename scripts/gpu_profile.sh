@@ -10,10 +10,7 @@
 set -euo pipefail
 TAG=${1:?tag}
 N=${2:-5}
-OUT=${OUT:-out}
-mkdir -p "$OUT"
-python -c "import SimpleITK" 2>/dev/null || python -m pip install --no-deps --quiet --root-user-action=ignore wheels/simpleitk-*.whl
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
 profile() {  # device features extra-args...
   local device=$1 features=$2; shift 2
   local name=$([ "$device" = cuda ] && echo cuda || echo cpu2)

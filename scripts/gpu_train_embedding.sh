@@ -12,11 +12,7 @@
 set -euo pipefail
 MINUTES=${1:?minutes}
 STEPS=${2:-3000}
-OUT=${OUT:-out}
-mkdir -p "$OUT"
-python -c "import SimpleITK" 2>/dev/null || python -m pip install --no-deps --quiet --root-user-action=ignore wheels/simpleitk-*.whl
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc; } > "$OUT/machine.txt" 2>&1 || true
+source "$(dirname "$0")/device_env.sh"
 RESUME=--force
 if compgen -G "resume/uae.ckpt.part-*" > /dev/null; then
   cat resume/uae.ckpt.part-* > "$OUT/uae.ckpt"

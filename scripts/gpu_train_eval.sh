@@ -18,13 +18,8 @@
 set -euo pipefail
 KIND=${1:-general}
 STEPS=${2:-}  # empty: the preset's
-OUT=${OUT:-out}
-mkdir -p "$OUT"
-python -c "import SimpleITK" 2>/dev/null || python -m pip install --no-deps --quiet --root-user-action=ignore wheels/simpleitk-*.whl
-export PYTHONPATH=$PWD
+source "$(dirname "$0")/device_env.sh"
 WORKERS=$(( $(nproc) - 1 ))
-{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc; git rev-parse --short HEAD; } \
-  > "$OUT/machine.txt" 2>&1 || true
 MODEL="$OUT/crosskey_$KIND.pt"
 DATA=crossreg/data
 train() {  # train STEPS MODEL_FILE

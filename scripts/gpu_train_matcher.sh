@@ -13,12 +13,8 @@
 set -euo pipefail
 MINUTES=${1:?minutes}
 STEPS=${2:-30000}
-OUT=${OUT:-out}
-mkdir -p "$OUT"
-python -c "import SimpleITK" 2>/dev/null || python -m pip install --no-deps --quiet --root-user-action=ignore wheels/simpleitk-*.whl
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
 export CROSSREG_COMMIT=${CROSSREG_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
-{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc; } > "$OUT/machine.txt" 2>&1 || true
 RESUME=--force
 if compgen -G "resume/matcher2d.ckpt.part-*" > /dev/null; then
   cat resume/matcher2d.ckpt.part-* > "$OUT/matcher2d.ckpt"
