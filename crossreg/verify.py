@@ -105,7 +105,14 @@ def verify(found: Estimate, pairs: Correspondences, plan: Plan, config: Register
     trip = round_trip(pairs.query, pairs.reference.description, to_reference, pairs.query_mm[inliers])
     back = (trip.error_mm <= plan.ransac.threshold_mm).float().mean() if len(trip.error_mm) else 0.0
     second = ambiguity(
-        found, pairs.fixed_mm, pairs.moving_mm, region_mm, config.model, plan.ransac, config.seed
+        found,
+        pairs.fixed_mm,
+        pairs.moving_mm,
+        region_mm,
+        config.model,
+        plan.ransac,
+        config.seed,
+        config.device,
     )
     return Verdict(confidence, float(back), second, local)
 
@@ -118,11 +125,12 @@ def ambiguity(
     model: Model,
     ransac: RansacConfig,
     seed: int = 0,
+    device: torch.device | str = "cpu",
 ) -> float:
     """How large a second, different transform the matches ``fixed_mm``, ``moving_mm`` ``(M, d)``
     hold next to ``found``, in [0, 1]: 0 when none, 1 when it is as large.
 
-    RANSAC (same settings and seed) runs again on the matches ``found`` leaves further than
+    RANSAC (same settings and seed, on ``device``) runs again on the matches ``found`` leaves further than
     :data:`AMBIGUITY_HALO` thresholds from their partners (nearer ones are ``found``'s, imprecise).
     The second needs only a minimal sample, whatever the gates: ambiguity measures its size, not
     whether it would pass. Sizes are inliers as independent evidence (:attr:`Estimate.n_independent`)
@@ -135,7 +143,7 @@ def ambiguity(
     rest = torch.from_numpy(residual > AMBIGUITY_HALO * ransac.threshold_mm)
     loose = replace(ransac, min_inliers=k, min_inlier_fraction=0.0)
     try:
-        second = estimate(fixed_mm[rest], moving_mm[rest], model, loose, seed)
+        second = estimate(fixed_mm[rest], moving_mm[rest], model, loose, seed, device)
     except RegistrationFailed:
         return 0.0
     apart = np.linalg.norm(second.transform.apply(region_mm) - found.transform.apply(region_mm), axis=1)
