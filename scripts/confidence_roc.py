@@ -385,6 +385,8 @@ def calibrate(
             f"- {label}: {len(rows)} cases ({kinds}); right answers: {n_right}; negatives: {n_negative}"
         )
     out += _auc_table(sets, p)
+    out += ["", "Agreement, where the threshold goes:", ""]
+    out += [f"- {label}: {_agreement_gap(rows)}" for label, rows in sets.items()]
     out += [
         "",
         f"Logistic model of success from {', '.join(names)}, fitted on the fit set's {int(answered.sum())} "
@@ -397,6 +399,20 @@ def calibrate(
     return "\n".join(
         [*out, "", "```python", f"GATE_BIAS = {bias:.6g}", f"GATE_WEIGHTS = {{{constants}}}", "```"]
     )
+
+
+def _agreement_gap(rows: list[dict]) -> str:
+    """The agreement of right answers (range), and that of every answer the confidence gates accept that
+    is wrong (with its kind and TRE), highest first, as text."""
+    right = [r["agreement"] for r, ok in zip(rows, success(rows), strict=True) if ok]
+    wrong = [
+        (r["agreement"], r["kind"], r["tre_mm"])
+        for r, ok in zip(rows, success(rows), strict=True)
+        if r["answered"] and not r["refused_by_default"] and not ok
+    ]
+    span = f"right answers {min(right):.3f} to {max(right):.3f}" if right else "no right answer"
+    listed = ", ".join(f"{a:.3f} ({kind}, {tre:.1f} mm)" for a, kind, tre in sorted(wrong, reverse=True))
+    return f"{span}; wrong answers the confidence gates accept, highest first: {listed or 'none'}"
 
 
 def _auc_table(sets: dict[str, list[dict]], p: dict[str, np.ndarray]) -> list[str]:
