@@ -71,6 +71,8 @@ MODELS = ("rigid", "similarity", "affine", "homography")
 #: The screen's float32 squared residuals are within this many float32 epsilons of the square of the
 #: largest length they combine (:func:`_screen`): 50 times the largest error measured on bench matches.
 _SCREEN_ROUNDING = 64
+#: The rounding unit of float32 matrix products at each of torch's float32 matmul precisions.
+_MATMUL_EPSILON = {"highest": torch.finfo(torch.float32).eps, "high": 2.0**-10, "medium": 2.0**-7}
 #: The screen's blocks of hypotheses hold at most this many residuals (16 MB of float32), or one chunk.
 _SCREEN_RESIDUALS = 2**22
 
@@ -295,7 +297,8 @@ def _screen(
         1,
     )
     size = torch.linalg.matrix_norm(a) * s.norm(dim=1).max() + shift.norm(dim=1) + t.norm(dim=1).max()
-    eps = torch.finfo(torch.float32).eps
+    # torch may do float32 products in TF32 or bfloat16 (set_float32_matmul_precision): wider bounds.
+    eps = _MATMUL_EPSILON[torch.get_float32_matmul_precision()]
     tolerance = (_SCREEN_ROUNDING * eps * size.square()).float()
     per_match = per_match.T.float().contiguous()
     per_hypothesis, bias = per_hypothesis.float(), shift.square().sum(dim=1).float()
