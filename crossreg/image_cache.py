@@ -40,10 +40,11 @@ def fingerprint(image: Image) -> bytes:
 
 @dataclass(eq=False)
 class _Entry:
-    """What the cache keeps of one image: working images by spacing, descriptions by what made them."""
+    """What the cache keeps of one image: working images by spacing, descriptions by spacing and what
+    else made them."""
 
     working: dict[float, Image] = field(default_factory=dict)
-    described: dict[Hashable, Described] = field(default_factory=dict)
+    described: dict[tuple[float, Hashable], Described] = field(default_factory=dict)
 
 
 class ImageCache:
@@ -74,8 +75,10 @@ class ImageCache:
         """``make()``, or what it gave before for the working image ``work`` (one this cache returned)
         and ``key`` (what else the description depends on)."""
         entry = self._entries.get(self._owner.get(id(work), b""))
-        if entry is None or not any(kept is work for kept in entry.working.values()):
+        spacing = next((s for s, kept in (entry.working if entry else {}).items() if kept is work), None)
+        if entry is None or spacing is None:
             return make()
-        if key not in entry.described:
-            entry.described[key] = make()
-        return entry.described[key]
+        # One image has a working image per spacing, and each its own descriptions.
+        if (spacing, key) not in entry.described:
+            entry.described[spacing, key] = make()
+        return entry.described[spacing, key]

@@ -25,11 +25,13 @@ def test_working_images_and_descriptions_come_back_until_evicted():
     cache = ImageCache(capacity=2)
     first = cache.working(image(0), 4.0)
     assert cache.working(Image(image(0).array.copy(), image(0).grid), 4.0) is first
-    assert cache.working(image(0), 3.0) is not first
+    coarser = cache.working(image(0), 3.0)
+    assert coarser is not first
     made = []
     assert cache.described(first, "key", lambda: made.append(1) or "description") == "description"
     assert cache.described(first, "key", lambda: made.append(1) or "again") == "description"
     assert len(made) == 1
+    assert cache.described(coarser, "key", lambda: "of the coarser grid") == "of the coarser grid"
     cache.working(image(1), 4.0)
     cache.working(image(2), 4.0)  # three images in a cache of two: the first goes
     assert cache.working(image(0), 4.0) is not first
