@@ -54,9 +54,9 @@ def register(
     on_stage: told what each stage is doing as it starts (a progress line). Raises
     RegistrationFailed when too few matches agree on a transform or they could be chance, and
     NoOverlapError when the found transform leaves the images without common field of view. For many
-    pairs, a :class:`Registrator` loads the models once.
+    pairs, a :class:`Registrator` loads the models once, and describes an image it has seen once.
     """
-    return Registrator(config).register(fixed, moving, on_stage)
+    return Registrator(config, cache_images=0).register(fixed, moving, on_stage)
 
 
 class Registrator:
