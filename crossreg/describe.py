@@ -16,6 +16,7 @@ import torch
 
 from crossreg.config import RegisterConfig
 from crossreg.features import Description, Features
+from crossreg.image_cache import ImageCache
 from crossreg.keypoints import detect_keypoints, grid_points
 from crossreg.plan import Plan, Side
 
@@ -37,12 +38,24 @@ class Described:
         return int(self.points_mm.shape[0])
 
 
-def describe(plan: Plan, features: Features, config: RegisterConfig) -> tuple[Described, Described]:
-    """The query and the reference image of ``plan``, described at their points."""
-    query, reference = (
-        _described(side, features, points_of(side, plan, config)) for side in (plan.query, plan.reference)
-    )
-    return query, reference
+def describe(
+    plan: Plan, features: Features, config: RegisterConfig, cache: ImageCache | None = None
+) -> tuple[Described, Described]:
+    """The query and the reference image of ``plan``, described at their points; ``cache``: where an
+    image described before the same way (its working image one the cache made) is found again."""
+
+    def described(side: Side) -> Described:
+        def make() -> Described:
+            return _described(side, features, points_of(side, plan, config))
+
+        if cache is None:
+            return make()
+        # What else the points and descriptors depend on: the seed draws sparse keypoints only.
+        seed = side.seed if plan.mode == "sparse" else None
+        key = (id(features), side.role, seed, plan.mode, side is plan.reference, config.sparse, config.dense)
+        return cache.described(side.image, key, make)
+
+    return described(plan.query), described(plan.reference)
 
 
 def points_of(side: Side, plan: Plan, config: RegisterConfig) -> torch.Tensor:

@@ -71,6 +71,10 @@ MODELS = ("rigid", "similarity", "affine", "homography")
 #: The screen's float32 squared residuals are within this many float32 epsilons of the square of the
 #: largest length they combine (:func:`_screen`): 50 times the largest error measured on bench matches.
 _SCREEN_ROUNDING = 64
+#: The rounding unit of float32 matrix products at each of torch's float32 matmul precisions.
+_MATMUL_EPSILON = {"highest": torch.finfo(torch.float32).eps, "high": 2.0**-10, "medium": 2.0**-7}
+#: The screen's blocks of hypotheses hold at most this many residuals (16 MB of float32), or one chunk.
+_SCREEN_RESIDUALS = 2**22
 
 __all__ = ["MODELS", "Estimate", "RansacConfig", "determination", "estimate", "fit", "sample_size"]
 
@@ -91,8 +95,8 @@ class RansacConfig:
     min_inlier_fraction: float = 0.0
     # Local-optimisation rounds (>= 0): re-fit on all inliers and re-score, until the inliers are stable.
     refine_iterations: int = 5
-    # Hypotheses screened at once (>= 1); memory ~ chunk x M float32 for M matches. Minimal samples are
-    # drawn a chunk at a time too: the same seed and chunk give the same samples.
+    # Minimal samples drawn at once (>= 1): the same seed and chunk give the same samples. The float32
+    # screen takes at least this many hypotheses at once, more while their residuals fit in 16 MB.
     chunk: int = 500
     # Cell side, mm: the confidence counts matches and inliers as the cells they occupy, so neighbouring
     # matches count once (module docstring); 0 counts every match.
@@ -293,23 +297,25 @@ def _screen(
         1,
     )
     size = torch.linalg.matrix_norm(a) * s.norm(dim=1).max() + shift.norm(dim=1) + t.norm(dim=1).max()
-    eps = torch.finfo(torch.float32).eps
+    # torch may do float32 products in TF32 or bfloat16 (set_float32_matmul_precision): wider bounds.
+    eps = _MATMUL_EPSILON[torch.get_float32_matmul_precision()]
     tolerance = (_SCREEN_ROUNDING * eps * size.square()).float()
     per_match = per_match.T.float().contiguous()
     per_hypothesis, bias = per_hypothesis.float(), shift.square().sum(dim=1).float()
-    low, high = [], []
-    for start in range(0, len(h), config.chunk):
-        part = slice(start, start + config.chunk)
+    # Blocks of at least `chunk` hypotheses, as many as keep their residuals under _SCREEN_RESIDUALS:
+    # few, large operations (every operation on a CPU waits for all of its threads).
+    block, sure, maybe, msac = max(config.chunk, _SCREEN_RESIDUALS // n), [], [], []
+    for start in range(0, len(h), block):
+        part = slice(start, start + block)
         squared = torch.addmm(bias[part, None], per_hypothesis[part], per_match)
         margin = tolerance[part, None]
-        sure, maybe = ((squared < thr_sq - margin).sum(dim=1), (squared < thr_sq + margin).sum(dim=1))
-        msac = squared.clamp(max=thr_sq).sum(dim=1).double()
-        # Each clamped residual is off by at most its margin; their float32 sum adds its own rounding.
-        slack = n * (tolerance[part].double() + _SCREEN_ROUNDING * eps * thr_sq)
-        scale = n * thr_sq + 1.0
-        low.append(sure - (msac + slack) / scale)
-        high.append(maybe - (msac - slack) / scale)
-    return torch.cat(low), torch.cat(high)
+        sure.append((squared < thr_sq - margin).sum(dim=1))
+        maybe.append((squared < thr_sq + margin).sum(dim=1))
+        msac.append(squared.clamp_(max=thr_sq).sum(dim=1))
+    # Each clamped residual is off by at most its margin; their float32 sum adds its own rounding.
+    slack = n * (tolerance.double() + _SCREEN_ROUNDING * eps * thr_sq)
+    msac_sum, scale = torch.cat(msac).double(), n * thr_sq + 1.0
+    return torch.cat(sure) - (msac_sum + slack) / scale, torch.cat(maybe) - (msac_sum - slack) / scale
 
 
 def _score(

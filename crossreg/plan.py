@@ -22,6 +22,7 @@ to be detected twice. From there on both images go through the same code as ``qu
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -117,8 +118,15 @@ def choose_mode(matching: str, features: Features, fov_ratio: float) -> Mode:
     return "dense" if features.dense_by_default or fov_ratio < DENSE_FOV_RATIO else "sparse"
 
 
-def plan_pair(fixed: Image, moving: Image, config: RegisterConfig, features: Features) -> Plan:
-    """The plan for registering ``moving`` to ``fixed`` with ``features`` under ``config``."""
+def plan_pair(
+    fixed: Image,
+    moving: Image,
+    config: RegisterConfig,
+    features: Features,
+    working: Callable[[Image, float], Image] = working_image,
+) -> Plan:
+    """The plan for registering ``moving`` to ``fixed`` with ``features`` under ``config``; ``working``
+    makes the working images (:func:`crossreg.resample.working_image`, or a cache of its results)."""
     if fixed.ndim != moving.ndim:
         raise DimensionMismatchError(f"fixed image is {fixed.ndim}D but moving image is {moving.ndim}D")
     if config.model == "homography" and fixed.ndim != 2:
@@ -130,8 +138,8 @@ def plan_pair(fixed: Image, moving: Image, config: RegisterConfig, features: Fea
     learned = uses_matcher2d(config, fixed.ndim)
     size, upsample = (WORKING_PIXELS, MATCHER_UPSAMPLE) if learned else (None, 1.0)
     spacing = working_spacing(fixed, moving, config.working_spacing_mm, size, upsample)
-    f_side = Side("fixed", working_image(fixed, spacing), config.seed)
-    m_side = Side("moving", working_image(moving, spacing), config.seed + 1)
+    f_side = Side("fixed", working(fixed, spacing), config.seed)
+    m_side = Side("moving", working(moving, spacing), config.seed + 1)
     smaller, larger = sorted((f_side.fov_voxels, m_side.fov_voxels))
     fov_ratio = smaller / max(larger, 1)
     mode = "matcher2d" if learned else choose_mode(config.matching, features, fov_ratio)

@@ -31,6 +31,7 @@ from crossreg.errors import NoOverlapError, RegistrationFailed
 from crossreg.estimate import estimate
 from crossreg.features import Features, make_features
 from crossreg.image import Image
+from crossreg.image_cache import ImageCache
 from crossreg.matcher2d.match import load_matcher
 from crossreg.matcher2d.net import MatcherNet
 from crossreg.plan import plan_pair, uses_matcher2d
@@ -53,9 +54,9 @@ def register(
     on_stage: told what each stage is doing as it starts (a progress line). Raises
     RegistrationFailed when too few matches agree on a transform or they could be chance, and
     NoOverlapError when the found transform leaves the images without common field of view. For many
-    pairs, a :class:`Registrator` loads the models once.
+    pairs, a :class:`Registrator` loads the models once, and describes an image it has seen once.
     """
-    return Registrator(config).register(fixed, moving, on_stage)
+    return Registrator(config, cache_images=0).register(fixed, moving, on_stage)
 
 
 class Registrator:
@@ -63,13 +64,16 @@ class Registrator:
 
     ``Registrator(config).register(fixed, moving)`` gives what ``register(fixed, moving, config)``
     gives. The features of each image dimensionality are built on its first pair, the 2D matcher
-    network on the first pair that goes to it; both then stay on ``config.device``.
+    network on the first pair that goes to it; both then stay on ``config.device``. The working images
+    and descriptions of the last ``cache_images`` images registered are kept
+    (:class:`crossreg.image_cache.ImageCache`): sweep after sweep registered to one MRI describe it once.
     """
 
-    def __init__(self, config: RegisterConfig | None = None) -> None:
+    def __init__(self, config: RegisterConfig | None = None, cache_images: int = 2) -> None:
         self.config = config or RegisterConfig()
         self._features: dict[int, Features] = {}  # by image dimensionality
         self._matcher: MatcherNet | None = None
+        self._images = ImageCache(cache_images)
 
     def register(
         self,
@@ -111,10 +115,10 @@ class Registrator:
         features = self._features_of(fixed.ndim)
         clock = Stopwatch(on_stage)
         with clock("plan", "working grids and fields of view"):
-            plan = plan_pair(fixed, moving, config, features)
+            plan = plan_pair(fixed, moving, config, features, self._images.working)
         grids = f"{plan.mode} {config.features} descriptors on {plan.spacing_mm:.2g} mm grids"
         with clock("describe", grids):
-            query, reference = describe(plan, features, config)
+            query, reference = describe(plan, features, config, self._images)
         what = "the images" if plan.mode == "matcher2d" else f"{len(query)} x {len(reference)} points"
         with clock("correspond", f"matching {what}"):
             net = self._matcher_net() if plan.mode == "matcher2d" else None

@@ -2,12 +2,15 @@
 torch.profiler's busiest operators, as a markdown report.
 
 Usage: python scripts/profile_register.py [--device cpu|cuda] [--kinds us] [--n 5] [--seed 0]
-       [--ndim 3] [--features mind|crosskey] [--no-refine] [--threads N] [--cold] [--out profile.md]
+       [--ndim 3] [--features mind|crosskey] [--no-refine] [--threads N] [--cache-images N] [--cold]
+       [--out profile.md]
 
 The cases are ``crossreg.evaluate.cases.synthetic_cases(kinds, n, seed, ndim)`` (``crossreg bench``'s
 synthetic cases). One :class:`crossreg.Registrator` registers the first case once to load its models
 (reported apart), then every case once, timed: the median seconds per pair (refused pairs too) and
-each stage's median of ``Result.timings_s`` (registered pairs: a refusal has no Result). Then it
+each stage's median of ``Result.timings_s`` (registered pairs: a refusal has no Result). By default the
+Registrator keeps the working grids and descriptions of the last two images it registered, and the
+ultrasound cases share their fixed MRI; ``--cache-images 0`` keeps nothing, as for unrelated pairs. Then it
 registers the first case again under torch.profiler, whose ``key_averages`` table (by CUDA time on
 cuda, CPU time on cpu; 25 rows) ends the report. ``--cold`` also runs ``crossreg register`` in a
 fresh interpreter on the first case's images, written to a temporary folder: its wall time includes
@@ -109,7 +112,8 @@ def markdown(
     seconds = [s for _, _, s in runs]
     lines = [f"# Warm Registrator: {args.kinds} ({args.ndim}D) on {args.device}", ""]
     lines += [f"- {k}: {v}" for k, v in machine_info(args.device).items()]
-    lines += [f"- command: `python {' '.join(sys.argv)}`", f"- config: `{config}`", ""]
+    lines += [f"- command: `python {' '.join(sys.argv)}`", f"- config: `{config}`"]
+    lines += [f"- images kept by the Registrator: {args.cache_images}", ""]
     lines += ["| case | seconds | mean TRE mm | inliers | confidence |", "|---|---:|---:|---:|---:|"]
     lines += [case_row(case, result, s) for case, result, s in runs]
     lines += ["", f"**Median {statistics.median(seconds):.2f} s per pair** over {len(runs)} warm runs"]
@@ -133,6 +137,9 @@ def main() -> None:
     parser.add_argument("--features", default="mind", choices=("mind", "crosskey"))
     parser.add_argument("--no-refine", action="store_true", help="no intensity refinement")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--cache-images", type=int, default=2, help="images whose descriptions the Registrator keeps"
+    )
     parser.add_argument("--cold", action="store_true", help="also time the cold CLI on the first case")
     parser.add_argument("--out", type=Path, default=Path("profile.md"))
     args = parser.parse_args()
@@ -142,7 +149,7 @@ def main() -> None:
     cases = synthetic_cases(kinds, n_per_kind=args.n, seed=args.seed, ndim=args.ndim)
     refine = None if args.no_refine else RefineConfig()
     config = RegisterConfig(features=args.features, refine=refine, device=args.device, seed=args.seed)
-    registrator = Registrator(config)
+    registrator = Registrator(config, cache_images=args.cache_images)
     first = cases[0]
     _, load_s = timed(lambda: registrator.register(first.fixed, first.moving), args.device)
     runs = [

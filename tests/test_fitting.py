@@ -60,8 +60,17 @@ def test_coincident_points_are_thin():
     assert bool(thin(torch.zeros(1, 3, 3, dtype=torch.float64), 4.0).all())
 
 
+@pytest.fixture(params=["highest", "medium"])
+def matmul_precision(request):
+    """torch's float32 matmul precision during a test (medium: bfloat16 products where supported)."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(request.param)
+    yield request.param
+    torch.set_float32_matmul_precision(before)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_screen_bounds_hold_and_keep_the_best_hypothesis(seed):
+def test_screen_bounds_hold_and_keep_the_best_hypothesis(seed, matmul_precision):
     # A few percent of inliers among 800 matches, as dense matching gives.
     generator = torch.Generator().manual_seed(seed)
     src = 200 * torch.rand(800, 3, generator=generator, dtype=torch.float64) - 100
@@ -76,4 +85,4 @@ def test_screen_bounds_hold_and_keep_the_best_hypothesis(seed):
     assert bool((low <= exact).all() and (exact <= high).all())
     near = torch.nonzero(high >= low.max())[:, 0]
     assert int(exact.argmax()) in near.tolist()
-    assert len(near) < 50
+    assert len(near) < 50 or matmul_precision != "highest"

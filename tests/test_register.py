@@ -14,7 +14,8 @@ from crossreg.errors import DimensionMismatchError, RegistrationFailed
 from crossreg.evaluate.metrics import tre_mm
 from crossreg.features import FEATURES
 from crossreg.features.crosskey import DEFAULT_WEIGHTS
-from crossreg.image import Grid, Image
+from crossreg.features.mind import MindFeatures
+from crossreg.image import Grid, Image, crop_to_mask
 from crossreg.matcher2d.match import SHIPPED
 from crossreg.register import Registrator, register
 from crossreg.synth.cases import make_case
@@ -289,3 +290,26 @@ def test_registrator_builds_the_features_of_each_dimensionality(
     assert built == [3, 2]
     assert max_apart_mm(three, result3d, case3d) < 1e-9
     assert max_apart_mm(two, result2d, case2d) < 1e-9 and max_apart_mm(again, result2d, case2d) < 1e-9
+
+
+def test_registrator_describes_a_fixed_image_it_has_seen_once(case3d, monkeypatch):
+    # Sweep after sweep against one MRI: a second pair with the same fixed image reuses its working grid
+    # and description, and lands exactly where a Registrator that keeps nothing puts it.
+    moving = case3d.moving
+    keep = np.zeros(moving.array.shape, bool)
+    keep[2:-2] = True
+    second = crop_to_mask(moving.with_array(moving.array, keep))
+    described = Counter()
+    real_describe = MindFeatures.describe
+
+    def describe(self, image):
+        described[id(image)] += 1
+        return real_describe(self, image)
+
+    monkeypatch.setattr(MindFeatures, "describe", describe)
+    config = RegisterConfig(seed=0, refine=None, working_spacing_mm=4.0)
+    remembering, forgetting = Registrator(config), Registrator(config, cache_images=0)
+    for pair_moving in (moving, second):
+        kept = remembering.register(case3d.fixed, pair_moving)
+        assert max_apart_mm(kept, forgetting.register(case3d.fixed, pair_moving), case3d) < 1e-9
+    assert sum(described.values()) == 3 + 4  # the fixed image once of 2 pairs; then 4 without the cache
