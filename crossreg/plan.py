@@ -32,10 +32,10 @@ from crossreg.config import Mode, RegisterConfig
 from crossreg.errors import DimensionMismatchError, InvalidConfigError
 from crossreg.estimate import RansacConfig
 from crossreg.features import Features
-from crossreg.image import Image
+from crossreg.image import Image, data_mask
 from crossreg.matcher2d.match import matcher_available
 from crossreg.matcher2d.world import MATCHER_UPSAMPLE, WORKING_PIXELS
-from crossreg.resample import working_image
+from crossreg.resample import to_working_grid, working_image
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,19 @@ class Plan:
     def side(self, role: Role) -> Side:
         """The fixed or the moving side."""
         return self.query if self.query.role == role else self.reference
+
+
+def without_padding(side: Side, image: Image, spacing_mm: float) -> Side:
+    """``side`` (``image`` on its working grid) without ``image``'s padding and the voxels next to it
+    (:func:`crossreg.image.data_mask`) where ``image`` has no mask of its own, as when read from a file.
+    Dense queries fill the smaller field of view, an ultrasound cone whose edge, blurred into the zero
+    padding around it, looks like structure to the working grid's field-of-view test; a query there
+    would describe the cone's outline, which the other image does not have."""
+    if image.mask is not None:
+        return side
+    data = to_working_grid(image.with_array(image.array, data_mask(image)), spacing_mm).valid_mask()
+    work = side.image
+    return Side(side.role, work.with_array(work.array, work.valid_mask() & data), side.seed)
 
 
 def working_spacing(
@@ -145,6 +158,8 @@ def plan_pair(
     mode = "matcher2d" if learned else choose_mode(config.matching, features, fov_ratio)
     fixed_queries = mode != "dense" or f_side.fov_voxels < m_side.fov_voxels
     query, reference = (f_side, m_side) if fixed_queries else (m_side, f_side)
+    if mode == "dense":
+        query = without_padding(query, fixed if fixed_queries else moving, spacing)
     log.info(
         "%s matching, %s queries on %.2g mm grids: the smaller field of view is %.0f%% of the larger",
         mode,

@@ -154,13 +154,16 @@ def test_shipped_model_lands_held_out_cones_and_reranking_sharpens_its_matches(h
 
 
 def test_a_cone_read_from_a_file_has_the_scanners_field_of_view_and_lands(held_out_cones):
-    # A file stores no mask: the cone's field of view is then its data, without the zero padding around
-    # it and the rim that mixes both (before this, it was 1.7-2x the cone, and cones read from files
+    # A file stores no mask: the cone's dense queries then fill its data, without the zero padding
+    # around it and the rim that mixes both (before this, 1.7-2x the cone, and cones read from files
     # failed where the same cones in memory landed).
     config = RegisterConfig(features="crosskey", refine=None)
+    features = make_features(config, 3)
     for case in held_out_cones[:3]:
         from_file = replace(case.moving, mask=None)
-        masked, unmasked = (working_image(m, 2.0).valid_mask().sum() for m in (case.moving, from_file))
+        plans = [plan_pair(case.fixed, m, config, features) for m in (case.moving, from_file)]
+        assert all(p.mode == "dense" and p.query.role == "moving" for p in plans)
+        masked, unmasked = (p.query.fov_voxels for p in plans)
         assert masked <= unmasked < 1.6 * masked, (case.name, masked, unmasked)
         tre = case.landmark_errors_mm(register(case.fixed, from_file, config).transform)
         assert tre.mean() < 3.0, case.name
