@@ -92,7 +92,15 @@ def test_partial_fov_keeps_the_field_small_outside(bump):
 
 @pytest.mark.parametrize(
     "settings",
-    [{"capture_mm": 0.0}, {"weight": -1.0}, {"grid_spacing_mm": 1.0}, {"step_mm": 20.0}, {"iterations": -1}],
+    [
+        {"capture_mm": 0.0},
+        {"weight": -1.0},
+        {"grid_spacing_mm": 1.0},
+        {"step_mm": 20.0},
+        {"iterations": -1},
+        {"point_weight": -0.5},
+        {"point_capture_mm": 0.0},
+    ],
 )
 def test_settings_are_validated(settings):
     with pytest.raises(InvalidConfigError):

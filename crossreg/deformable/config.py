@@ -28,16 +28,30 @@ class DeformableConfig:
     # of each image) weighs 1/2 in the feature cost; flatter regions less (CT soft tissue). 0: off;
     # 4 cost MR-MR pairs accuracy (T2 4.0 -> 1.5 mm instead of 1.2).
     structure_floor: float = 1.0
+    # The linear stage's matches as a soft point term of the Adam stage (crossreg.deformable.points):
+    # weight of its bounded penalty against the feature cost (0: off; 2 took MR-ultrasound development
+    # pairs from 2.1 and 4.6 mm to 1.5 and 2.8), and the largest displacement a match may ask for
+    # beyond the linear result.
+    point_weight: float = 2.0
+    point_capture_mm: float = 10.0
 
     def __post_init__(self) -> None:
-        positive = ("feature_spacing_mm", "grid_spacing_mm", "capture_mm", "step_mm", "learning_rate")
+        positive = (
+            "feature_spacing_mm",
+            "grid_spacing_mm",
+            "capture_mm",
+            "step_mm",
+            "learning_rate",
+            "point_capture_mm",
+        )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise InvalidConfigError(f"deformable {name} {getattr(self, name):g}: expected a value > 0")
-        if self.weight < 0 or self.outside_weight < 0 or self.structure_floor < 0:
+        weights = (self.weight, self.outside_weight, self.point_weight, self.structure_floor)
+        if min(weights) < 0:
             raise InvalidConfigError(
-                f"deformable weights {self.weight:g}, {self.outside_weight:g}, structure floor "
-                f"{self.structure_floor:g}: expected values >= 0"
+                f"deformable weights {self.weight:g}, {self.outside_weight:g}, point weight "
+                f"{self.point_weight:g}, structure floor {self.structure_floor:g}: expected values >= 0"
             )
         if self.iterations < 0:
             raise InvalidConfigError(f"deformable iterations {self.iterations}: expected >= 0")
