@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from crossreg.deformable.config import DeformableConfig
 from crossreg.deformable.convex import candidates, cost_volume, coupled_convex, to_voxels
-from crossreg.deformable.features import halved, pair_features
+from crossreg.deformable.features import agreement, halved, pair_features
 from crossreg.deformable.instance import instance_optimise
 from crossreg.deformable.jacobian import jacobian_determinant, unfold
 from crossreg.deformable.points import point_targets
@@ -42,6 +42,9 @@ class DeformableResult:
     smoothings: int  # times the folding guard had to smooth the field (0: it never folded)
     seconds: float
     n_points: int = 0  # matches that pulled the field (crossreg.deformable.points)
+    # The images' feature agreement at the linear result (features.agreement); below the config's
+    # min_agreement the features were left out.
+    feature_agreement: float = float("nan")
 
 
 def deform(
@@ -61,6 +64,12 @@ def deform(
     config = config or DeformableConfig()
     start = time.perf_counter()
     pair = pair_features(fixed, moving, linear, config.feature_spacing_mm, config.structure_floor, device)
+    agree = agreement(pair)
+    if agree < config.min_agreement:
+        log.info(
+            "deformable: features agree %.2f < %.2f: left out, matches only", agree, config.min_agreement
+        )
+        pair = replace(pair, fixed_weight=torch.zeros_like(pair.fixed_weight))
     points = None
     if matches is not None and config.point_weight > 0:
         points = point_targets(*matches, linear, pair.grid, config.point_capture_mm)
@@ -104,6 +113,7 @@ def deform(
         smoothings=smoothings,
         seconds=time.perf_counter() - start,
         n_points=0 if points is None else len(points),
+        feature_agreement=agree,
     )
     log.info(
         "deformable: max %.1f mm, %.3f%% folded in the fixed FOV, %.1f s",
