@@ -187,3 +187,26 @@ def test_cli_writes_h5_and_field_and_never_overwrites(slice_pair, tmp_path):
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--force" in again.output
     assert out.stat().st_mtime_ns == stamp
+
+
+def test_register_hands_all_its_matches_to_the_stage(monkeypatch, slice_pair):
+    """The pipeline's deformable stage gets every match of the linear stage (not only the inliers), for
+    the point term; the matches that pulled the field are reported."""
+    import importlib
+
+    from crossreg.config import RegisterConfig
+    from crossreg.imageio import load
+
+    pipeline = importlib.import_module("crossreg.register")  # the module, not crossreg.register()
+    handed = []
+
+    def spy(*args):
+        handed.append(args[-1])
+        return deform(*args)
+
+    monkeypatch.setattr(pipeline, "deform", spy)
+    fixed, moving = (load(path) for path in slice_pair)
+    result = pipeline.register(fixed, moving, RegisterConfig(deformable=DeformableConfig(iterations=5)))
+    np.testing.assert_array_equal(handed[0][0], result.fixed_points_mm)
+    np.testing.assert_array_equal(handed[0][1], result.moving_points_mm)
+    assert result.n_matches > result.n_inliers and 0 < result.deformable.n_points <= result.n_matches
