@@ -192,6 +192,20 @@ def robust_normalize(image: Image, low_pct: float = 0.5, high_pct: float = 99.5)
     return image.with_array(scaled, image.mask)
 
 
+def data_mask(image: Image) -> np.ndarray:
+    """Boolean array: voxels that hold data. An image's own mask if it has one; else every voxel but
+    the padding, i.e. those at the image's minimum value (a scanner fills the box around an ultrasound
+    cone or a CT's circle with it) and their neighbours, which mix data and padding when resampled."""
+    if image.mask is not None:
+        return image.mask
+    import torch
+
+    from crossreg.filters import dilate
+
+    padding = torch.from_numpy(np.asarray(image.array == image.array.min()))
+    return ~dilate(padding, 1).numpy()
+
+
 def fov_mask(image: Image, threshold: float = 0.02, smooth_mm: float = 2.0) -> np.ndarray:
     """Boolean array: voxels inside the field of view, i.e. where the image has signal.
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from crossreg.image import Grid, Image, axis_aligned_grid, fov_mask, robust_normalize
+from crossreg.image import Grid, Image, axis_aligned_grid, data_mask, fov_mask, robust_normalize
 from crossreg.transform import AffineTransform, Transform
 
 
@@ -132,7 +132,9 @@ def sample_world(volume: torch.Tensor, grid: Grid, points_mm: torch.Tensor) -> t
 
 def working_image(image: Image, spacing_mm: float) -> Image:
     """``image`` normalised and on the isotropic world-aligned grid features are computed on, its mask
-    the field of view (where there is signal): what both MIND and CrossKEY descriptors read."""
+    the field of view (where there is signal, :func:`crossreg.image.data_mask` of an image without a
+    mask): what both MIND and CrossKEY descriptors read."""
+    image = image.with_array(image.array, data_mask(image))
     work = to_working_grid(robust_normalize(image), spacing_mm)
     return work.with_array(work.array, work.valid_mask() & fov_mask(work))
 

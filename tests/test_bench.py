@@ -249,6 +249,20 @@ def test_family_cases_are_the_bench_slices_in_the_matchers_modality_families():
     assert cases[3].name == synthetic_cases(("family-emission",), 1, seed=8, ndim=2)[0].name
 
 
+def test_fine_ultrasound_cases_are_cones_at_scanner_resolution_on_the_1mm_mri():
+    (case,) = synthetic_cases(["us-fine"], n_per_kind=1, seed=3)
+    spacing = np.asarray(case.moving.spacing_mm)
+    assert np.ptp(spacing) == 0 and 0.6 <= spacing[0] <= 0.9, spacing  # isotropic, finer than the MRI
+    assert case.fixed.spacing_mm == (1.0, 1.0, 1.0) and case.kind == "us-fine"
+    # A cone, not the head: a small part of the MRI's extent, and every landmark inside it
+    assert np.prod(np.asarray(case.moving.array.shape) * spacing) < 0.5 * np.prod(case.fixed.array.shape)
+    assert case.moving.grid.contains(case.landmarks_moving_mm).all() and len(case.landmarks_moving_mm) >= 10
+    moved = case.true_transform.apply(case.landmarks_fixed_mm)
+    np.testing.assert_allclose(moved, case.landmarks_moving_mm, atol=1e-6)
+    with pytest.raises(CrossregError, match="3D only"):
+        synthetic_cases(["us-fine"], n_per_kind=1, ndim=2)
+
+
 def test_family_kinds_are_2d_only():
     with pytest.raises(CrossregError, match=r"family-edges are 2D only.*--ndim 2"):
         synthetic_cases(("t2", "family-edges"), 1, ndim=3)

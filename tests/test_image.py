@@ -9,6 +9,7 @@ from crossreg.image import (
     Image,
     axis_aligned_grid,
     crop_to_mask,
+    data_mask,
     fov_mask,
     from_array,
     robust_normalize,
@@ -78,6 +79,20 @@ def test_fov_mask_finds_partial_coverage(t1_2mm):
     # The template's head fills roughly half of its cropped box; the cut removes about half of that.
     assert 0.3 < head.mean() < 0.7
     assert 0.35 < mask.sum() / head.sum() < 0.65
+
+
+def test_data_mask_drops_a_scanners_padding_and_its_rim():
+    rng = np.random.default_rng(0)
+    array = rng.uniform(0.1, 1.0, (12, 14, 16)).astype(np.float32)
+    array[:, :, :5] = 0.0  # the box around the data, as a scanner pads an ultrasound cone
+    image = from_array(array)
+    mask = data_mask(image)
+    assert not mask[:, :, :6].any()  # the padding and the voxels next to it
+    assert mask[:, :, 6:].all()  # the data, up to the box's own faces
+    own = image.with_array(array, ~mask)
+    assert data_mask(own) is own.mask  # an image's own mask is its data
+    noise = from_array(rng.uniform(0.1, 1.0, (8, 8, 8)))
+    assert data_mask(noise).sum() >= 8**3 - 27  # no padding: all but the minimum and its neighbours
 
 
 def test_robust_normalize_range(t1_2mm):

@@ -42,6 +42,7 @@ from crossreg.image import Image, crop_to_mask
 from crossreg.imageio import load
 from crossreg.markups import read_markups_json, read_matches_csv
 from crossreg.matcher2d.families import FAMILIES
+from crossreg.resample import resample
 from crossreg.synth.brainshift import ShiftKind
 from crossreg.synth.cases import Case, CaseKind, make_case
 from crossreg.synth.geometry import extract_slice
@@ -86,6 +87,9 @@ SHIFT_BENCH_KINDS: dict[str, ShiftBenchKind] = {
     "t2-shift": ShiftBenchKind("t2", (("soft",),)),
     "ct-shift": ShiftBenchKind("ct", (("soft",),)),
 }
+#: ``us-fine`` (3D only): the ultrasound cone at an intraoperative scanner's resolution, isotropic voxels
+#: drawn from this range (mm), against the shipped 1 mm MRI; ``us`` uses the 2 mm MRI and grid.
+FINE_KINDS: dict[str, tuple[float, float]] = {"us-fine": (0.6, 0.9)}
 #: ``family-<name>`` (2D only): the slice rendered by a modality family of the 2D matcher's training
 #: pairs (:mod:`crossreg.matcher2d.families`; ``edges`` and ``emission`` were held out of its training),
 #: as the moving image: kind ``same`` of :func:`crossreg.synth.cases.make_case` with that ``family``.
@@ -95,6 +99,7 @@ BENCH_KINDS: tuple[str, ...] = (
     *get_args(CaseKind),
     *FOV_KINDS,
     *SHIFT_BENCH_KINDS,
+    *FINE_KINDS,
     *FAMILY_KINDS,
     *CONE_VARIANTS,
 )
@@ -142,9 +147,11 @@ class BenchCase:
 # ---------------------------------------------------------------- synthetic cases
 
 
-def _sources(ndim: int) -> list[tuple[Image, dict[str, Image]]]:
-    """Every shipped real image of dimension ``ndim`` with its tissue maps."""
-    t1, tissues = datasets.mni152_t1(2), datasets.mni152_tissues(2)
+def _sources(ndim: int, resolution_mm: int = 2) -> list[tuple[Image, dict[str, Image]]]:
+    """Every shipped real image of dimension ``ndim`` with its tissue maps, at ``resolution_mm`` (the
+    tissue maps, shipped at 2 mm, resampled onto a finer MRI's grid)."""
+    t1, tissues = datasets.mni152_t1(resolution_mm), datasets.mni152_tissues(2)
+    tissues = {k: resample(v, t1.grid) for k, v in tissues.items()} if resolution_mm != 2 else tissues
     if ndim == 3:
         return [(t1, tissues)]
     if ndim != 2:
@@ -163,10 +170,12 @@ def synthetic_cases(
     fov_range: tuple[float, float] = (0.3, 0.8),
     max_anisotropy: float = 2.0,
 ) -> list[BenchCase]:
-    """``n_per_kind`` cases per kind from the shipped MNI152 T1 (2 mm; its three middle slices in 2D).
+    """``n_per_kind`` cases per kind from the shipped MNI152 T1 (2 mm; its three middle slices in 2D;
+    1 mm for :data:`FINE_KINDS`).
 
     Each kind is a :func:`crossreg.synth.cases.make_case` kind (``t2``, ``ct``, ``random``, ``same``,
-    and any kind added there), one of :data:`FOV_KINDS`, one of :data:`SHIFT_BENCH_KINDS` (whole head,
+    and any kind added there), one of :data:`FOV_KINDS`, of :data:`FINE_KINDS` (isotropic voxels of
+    their own), of :data:`SHIFT_BENCH_KINDS` (whole head,
     nonlinear truth), in 2D one of :data:`FAMILY_KINDS`, or a cone variant of
     :data:`~crossreg.evaluate.cone_variants.CONE_VARIANTS` (known negatives; a cone of another head).
     Every case rotates by exactly ``angle_deg``
@@ -180,21 +189,28 @@ def synthetic_cases(
         raise CrossregError(
             f"kinds {', '.join(flat)} are 2D only (the 2D matcher's modality families): use ndim=2 (--ndim 2)"
         )
+    if ndim != 3 and (fine := [k for k in kinds if k in FINE_KINDS]):
+        raise CrossregError(f"kinds {', '.join(fine)} are 3D only (ultrasound volumes): use ndim=3")
     sources = _sources(ndim)
     cases = []
     for kind in kinds:
         shifted, family = SHIFT_BENCH_KINDS.get(kind), FAMILY_KINDS.get(kind)
-        variant = CONE_VARIANTS.get(kind)
-        modality = shifted.modality if shifted else "same" if family else "us" if variant else kind
+        variant, fine_spacing = CONE_VARIANTS.get(kind), FINE_KINDS.get(kind)
+        modality = (
+            shifted.modality if shifted else "same" if family else "us" if variant or fine_spacing else kind
+        )
         special = FOV_KINDS.get(kind, FovKind(modality, fov_range))
         normal = np.eye(ndim)[-1] if special.axial else None
+        kind_sources = _sources(ndim, 1) if fine_spacing else sources
         for i in range(n_per_kind):
             entropy = [seed, zlib.crc32(kind.encode()), ndim, i]
             rng = np.random.default_rng(np.random.SeedSequence(entropy))
-            image, tissues = sources[i % len(sources)]
+            image, tissues = kind_sources[i % len(kind_sources)]
             fov = round(float(rng.uniform(*special.fov_range)), 2)
             spacing = np.array(image.spacing_mm)
             spacing[rng.integers(ndim)] *= rng.uniform(1.0, max_anisotropy)
+            if fine_spacing:
+                spacing = np.full(ndim, rng.uniform(*fine_spacing))
             case_seed = int(rng.integers(2**31))
             shift = shifted.choices[rng.integers(len(shifted.choices))] if shifted else ()
             build = partial(
