@@ -134,8 +134,8 @@ def working_image(image: Image, spacing_mm: float) -> Image:
     """``image`` normalised and on the isotropic world-aligned grid features are computed on, its mask
     the field of view (where there is signal, :func:`crossreg.image.data_mask` of an image without a
     mask): what both MIND and CrossKEY descriptors read."""
-    image = image.with_array(image.array, data_mask(image))
-    work = to_working_grid(robust_normalize(image), spacing_mm)
+    normal = robust_normalize(image)  # intensities scaled over the whole image, padding included
+    work = to_working_grid(normal.with_array(normal.array, data_mask(image)), spacing_mm)
     return work.with_array(work.array, work.valid_mask() & fov_mask(work))
 
 

@@ -154,8 +154,9 @@ def test_register_homography_writes_json_and_field(pair_files, tmp_path):
     assert done.exit_code == 0, done.output
     corners = datasets.mni152_slice(2, "axial", 44).grid.corners_mm()
     found = read_homography(out)
-    # The corners lie outside the head, where no match is: measured 0.26-0.75 mm.
-    assert np.linalg.norm(found.apply(corners) - truth.apply(corners), axis=1).max() < 1.0
+    # The corners lie outside the head, where no match is: measured 0.49-1.38 mm (0.26-0.75 mm while
+    # the outermost voxel of the template's zero-padded head still counted as data).
+    assert np.linalg.norm(found.apply(corners) - truth.apply(corners), axis=1).max() < 2.0
     field = sitk.DisplacementFieldTransform(
         sitk.ReadImage(str(tmp_path / "T_field.nii.gz"), sitk.sitkVectorFloat64)
     )
@@ -193,7 +194,7 @@ def test_the_matcher_networks_homography_lands_within_its_match_precision(pair_f
     found = register(fixed, moving, config).transform
     corners = fixed.grid.corners_mm()
     error = np.linalg.norm(found.apply(corners) - truth.apply(corners), axis=1)
-    # Coarser than the descriptors' 0.26-0.75 mm above (no intensity polish after a homography):
-    # measured 1.45-2.78 mm; the identity would leave 3.7-25 mm.
+    # Coarser than the descriptors' above at its worst (no intensity polish after a homography):
+    # measured 0.34-2.18 mm; the identity would leave 3.7-25 mm.
     assert error.max() < 4.0
     assert np.linalg.norm(corners - truth.apply(corners), axis=1).max() > 20.0
