@@ -139,7 +139,8 @@ class Registrator:
         deformed = None
         if config.deformable is not None:
             with clock("deformable", "deformable registration (convex search, then Adam)"):
-                deformed = deform(fixed, moving, transform, config.deformable, config.device)
+                matches = (pairs.fixed_mm.numpy(), pairs.moving_mm.numpy())
+                deformed = deform(fixed, moving, transform, config.deformable, config.device, matches)
         log.info("registered with %d inliers of %d matches", found.n_inliers, len(pairs))
         return Result(
             transform=transform,

@@ -106,15 +106,45 @@ def test_deformable_methods_share_one_rigid_run_and_stay_out_of_the_defaults(mon
     calls = []
     linear = shift_case.true_transform.linear
     found = SimpleNamespace(
-        transform=linear, fixed_points_mm=np.zeros((0, 2)), moving_points_mm=np.zeros((0, 2))
+        transform=linear, fixed_points_mm=np.ones((5, 2)), moving_points_mm=np.zeros((5, 2))
     )
     monkeypatch.setattr(from_rigid, "register", lambda *args: calls.append(args) or found)
     field = DeformableTransform(linear, shift_case.true_transform.field)
     stage = SimpleNamespace(transform=field, seconds=1.0)
-    monkeypatch.setattr(from_rigid, "deform", lambda *args: stage)
+    handed = {}
+    monkeypatch.setattr(from_rigid, "deform", lambda *args, **kwargs: handed.update(kwargs) or stage)
     rigid, deformable = methods[0], methods[1]
     assert rigid.run(shift_case.fixed, shift_case.moving, 7).transform is linear
     assert deformable.run(shift_case.fixed, shift_case.moving, 7).transform is field
     assert len(calls) == 1  # the deformable method reused the rigid run
+    assert handed["matches"][0] is found.fixed_points_mm  # ... and handed its matches to the field
     deformable.run(shift_case.fixed, shift_case.moving, 8)  # another seed: another rigid run
     assert len(calls) == 2
+
+
+def test_rigid_start_tries_its_configurations_in_order(monkeypatch, shift_case):
+    """A refusal of the first rigid configuration hands the pair to the next; the first that registers
+    it gives the start."""
+    from types import SimpleNamespace
+
+    from crossreg.errors import RegistrationFailed
+
+    tried = []
+    found = SimpleNamespace(
+        transform=shift_case.true_transform.linear,
+        fixed_points_mm=np.zeros((0, 2)),
+        moving_points_mm=np.zeros((0, 2)),
+    )
+
+    def register(fixed, moving, config):
+        tried.append(config.features)
+        if config.features == "mind":
+            raise RegistrationFailed("too few inliers")
+        return found
+
+    monkeypatch.setattr(from_rigid, "register", register)
+    start = from_rigid.rigid_configs(("mind", "crosskey", "mind"))
+    out = from_rigid.rigid_start(shift_case.fixed, shift_case.moving, 3, start)
+    assert out.transform is found.transform and tried == ["mind", "crosskey"]
+    only_mind = from_rigid.rigid_start(shift_case.fixed, shift_case.moving, 3, start[:1])
+    assert only_mind.transform is None and "too few inliers" in only_mind.failed

@@ -11,8 +11,11 @@ from typer.testing import CliRunner
 
 from crossreg.cli import app
 from crossreg.deformable import DeformableConfig, deform
+from crossreg.deformable.convex import candidates, coupled_convex
+from crossreg.deformable.features import agreement, pair_features
 from crossreg.deformation import DeformableTransform
 from crossreg.errors import InvalidConfigError
+from crossreg.filters import gaussian_blur
 from crossreg.image import Image, crop_to_mask
 from crossreg.imageio import save
 from crossreg.resample import grid_points_mm
@@ -92,11 +95,43 @@ def test_partial_fov_keeps_the_field_small_outside(bump):
 
 @pytest.mark.parametrize(
     "settings",
-    [{"capture_mm": 0.0}, {"weight": -1.0}, {"grid_spacing_mm": 1.0}, {"step_mm": 20.0}, {"iterations": -1}],
+    [
+        {"capture_mm": 0.0},
+        {"weight": -1.0},
+        {"grid_spacing_mm": 1.0},
+        {"step_mm": 20.0},
+        {"iterations": -1},
+        {"point_weight": -0.5},
+        {"point_capture_mm": 0.0},
+        {"min_agreement": 1.5},
+    ],
 )
 def test_settings_are_validated(settings):
     with pytest.raises(InvalidConfigError):
         DeformableConfig(**settings)
+
+
+def test_convex_search_leaves_nodes_without_cost_at_rest():
+    """Nodes with no cost (outside a field of view) stay at zero displacement instead of the search
+    cube's first corner, and do not drag the one informed node far from what it asks for."""
+    offsets = candidates(3, 1, 3, torch.device("cpu"))
+    cost = torch.zeros(len(offsets), 7, 7, 7)
+    cost[:, 3, 3, 3] = ((offsets - torch.tensor([2.0, 0.0, 0.0])) ** 2).sum(1)
+    field = coupled_convex(cost, offsets, 1.0)
+    assert field[:, 0, 0, 0].abs().max() == 0.0
+    assert field[:, 3, 3, 3].abs().max() < 0.5  # smoothed with its resting neighbours, never pulled away
+
+
+def test_agreement_separates_related_features_from_unrelated_ones(t1, tissues):
+    """The same anatomy in T1 and T2 agrees (> 0.5); T1 against smoothed noise of the same grid, an
+    ultrasound-like image unrelated to it, does not (< 0.2)."""
+    fixed = _box(t1, t1.grid.center_mm(), 24.0)
+    identity = AffineTransform.identity(3)
+    related = pair_features(fixed, synthesize(t1, "t2", tissues, 1), identity, 2.0, 1.0)
+    noise = torch.from_numpy(np.random.default_rng(0).normal(size=t1.array.shape).astype(np.float32))
+    unrelated = t1.with_array(gaussian_blur(noise[None], 1.5)[0].numpy())
+    assert agreement(related) > 0.5
+    assert agreement(pair_features(fixed, unrelated, identity, 2.0, 1.0)) < 0.2
 
 
 # ---------------------------------------------------------------- the command line
@@ -152,3 +187,26 @@ def test_cli_writes_h5_and_field_and_never_overwrites(slice_pair, tmp_path):
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--force" in again.output
     assert out.stat().st_mtime_ns == stamp
+
+
+def test_register_hands_all_its_matches_to_the_stage(monkeypatch, slice_pair):
+    """The pipeline's deformable stage gets every match of the linear stage (not only the inliers), for
+    the point term; the matches that pulled the field are reported."""
+    import importlib
+
+    from crossreg.config import RegisterConfig
+    from crossreg.imageio import load
+
+    pipeline = importlib.import_module("crossreg.register")  # the module, not crossreg.register()
+    handed = []
+
+    def spy(*args):
+        handed.append(args[-1])
+        return deform(*args)
+
+    monkeypatch.setattr(pipeline, "deform", spy)
+    fixed, moving = (load(path) for path in slice_pair)
+    result = pipeline.register(fixed, moving, RegisterConfig(deformable=DeformableConfig(iterations=5)))
+    np.testing.assert_array_equal(handed[0][0], result.fixed_points_mm)
+    np.testing.assert_array_equal(handed[0][1], result.moving_points_mm)
+    assert result.n_matches > result.n_inliers and 0 < result.deformable.n_points <= result.n_matches

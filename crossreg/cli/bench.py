@@ -43,8 +43,19 @@ def bench(
         ),
     ] = None,
     weights: Annotated[
-        Path | None, typer.Option(help="CrossKEY model for the crosskey methods (default: the shipped one).")
+        Path | None,
+        typer.Option(
+            help="CrossKEY model for the crosskey methods and a crosskey rigid start (default: the shipped "
+            "one)."
+        ),
     ] = None,
+    rigid_features: Annotated[
+        str,
+        typer.Option(
+            help="Features of the deformable methods' shared rigid start, comma-separated: tried in order "
+            "until one registers the pair (e.g. mind,crosskey: CrossKEY where MIND-SSC refuses a cone)."
+        ),
+    ] = "mind",
     list_methods: Annotated[bool, typer.Option(help="Print the available methods and exit.")] = False,
     device: Annotated[str, typer.Option(help="Torch device for crossreg: cpu or cuda.")] = "cpu",
     seed: Annotated[int, typer.Option(help="Seed of the synthetic cases and of every method.")] = 0,
@@ -59,12 +70,15 @@ def bench(
     from crossreg.evaluate.baselines import default_methods
     from crossreg.evaluate.bench import run_bench
     from crossreg.evaluate.cases import BENCH_KINDS, folder_cases, synthetic_cases
-    from crossreg.evaluate.from_rigid import deformable_methods
+    from crossreg.evaluate.from_rigid import deformable_methods, rigid_configs
     from crossreg.evaluate.report import to_markdown
+    from crossreg.features import FEATURES
     from crossreg.outputs import check_outputs
 
     defaults = default_methods(device, None if weights is None else str(weights))
-    available = defaults + deformable_methods(device)
+    starts = parse_list(rigid_features, "--rigid-features", tuple(FEATURES))
+    rigid = rigid_configs(tuple(starts), None if weights is None else str(weights), device)
+    available = defaults + deformable_methods(device, rigid)
     if list_methods:
         for m in available:
             console.print(f"{m.name}: {m.missing() or 'available'}", highlight=False)

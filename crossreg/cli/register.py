@@ -77,8 +77,9 @@ def register(
         bool,
         typer.Option(
             "--deformable",
-            help="Then a deformable stage (ConvexAdam-style, MIND-SSC): --out must be T.h5 (ITK composite: "
-            "linear + displacement field); T_field.nii.gz (the total displacement field) goes beside it.",
+            help="Then a deformable stage (ConvexAdam-style: MIND-SSC and the rigid stage's matches): --out "
+            "must be T.h5 (ITK composite: linear + displacement field); T_field.nii.gz (the total "
+            "displacement field) goes beside it.",
         ),
     ] = False,
     deformable_weight: Annotated[

@@ -25,6 +25,10 @@ from crossreg.filters import box_mean
 # the smoothed field, against costs normalised to mean 1.
 COUPLINGS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 _CHUNK = 4096  # nodes per argmin batch: bounds the (candidates x nodes) temporary
+# Per squared search step of displacement: breaks ties towards no displacement. A node with no cost
+# (outside either field of view, or flat) otherwise took the first candidate, the far corner of the
+# search cube (-capture_mm on every axis), and dragged its informed neighbours towards it.
+_TIE = 1e-4
 
 
 def candidates(radius_steps: int, step_vox: int, ndim: int, device: torch.device) -> torch.Tensor:
@@ -104,10 +108,10 @@ def coupled_convex(cost: torch.Tensor, offsets: torch.Tensor, step_vox: float) -
     candidates ``offsets`` ``(S, d)`` under growing coupling to the smoothed field."""
     d = offsets.shape[1]
     nodes = cost.shape[1:]
-    flat = cost.reshape(len(offsets), -1)
+    sq = (offsets**2).sum(1, keepdim=True) / step_vox**2
+    flat = cost.reshape(len(offsets), -1) + _TIE * sq
     choice = flat.argmin(0)
     smooth = _smoothed(offsets[choice], nodes)
-    sq = (offsets**2).sum(1, keepdim=True) / step_vox**2
     for coupling in COUPLINGS:
         target = smooth.reshape(d, -1)
         for a in range(0, flat.shape[1], _CHUNK):

@@ -7,6 +7,10 @@ white matter) its channels are normalised noise, and a field that matches them f
 confidence ``c = s / (s + tau)`` of the local gradient energy ``s`` (Gaussian-smoothed) says where an
 image has structure: ``tau`` is ``structure_floor`` times the energy of its flattest tenth (the noise
 floor), so a flat region weighs little and the regulariser places the field there.
+
+Where the two images' descriptors do not agree at the linear result (:func:`agreement`: MR against
+ultrasound, whose speckle and shadows MIND-SSC describes as structure), matching them moves the field
+by what the two modalities do differently, not by what the tissue did: the stage then leaves them out.
 """
 
 from __future__ import annotations
@@ -88,6 +92,18 @@ def confidence(image: Image, sigma_mm: float, floor: float) -> torch.Tensor:
     tau = floor * torch.quantile(inside[:: max(1, inside.numel() // 100_000)], _FLOOR_QUANTILE)
     tau = tau.clamp(min=1e-3 * float(inside.mean()) + 1e-12)
     return torch.where(mask, energy / (energy + tau), 0.0)
+
+
+def agreement(pair: PairFeatures) -> float:
+    """How well the two images' features agree at the linear result, -1..1: the structure-confidence
+    weighted mean cosine of their descriptors, each centred on its channel mean, where both images
+    have data (0 without overlap). MR-MR and MR-CT development pairs 0.64-0.88, MR-ultrasound 0.24-0.78."""
+    overlap = pair.fixed_mask & pair.moving_mask
+    f, m = pair.fixed[:, overlap], pair.moving[:, overlap]
+    f, m = f - f.mean(0), m - m.mean(0)
+    cosine = (f * m).sum(0) / (f.norm(dim=0) * m.norm(dim=0)).clamp(min=1e-6)
+    weight = (pair.fixed_weight * pair.moving_weight)[overlap]
+    return float((cosine * weight).sum() / weight.sum()) if float(weight.sum()) > 0 else 0.0
 
 
 def halved(pair: PairFeatures) -> PairFeatures:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from crossreg.deformable.features import PairFeatures
+from crossreg.deformable.points import PointTargets, point_loss
 
 
 def identity_coords(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -60,8 +61,11 @@ def instance_optimise(
     outside_weight: float,
     iterations: int,
     learning_rate_vox: float,
+    points: PointTargets | None = None,
+    point_weight: float = 0.0,
 ) -> torch.Tensor:
-    """Dense displacement ``(d, *shape)`` (voxels) refined from ``start_vox`` by Adam."""
+    """Dense displacement ``(d, *shape)`` (voxels) refined from ``start_vox`` by Adam; ``points``
+    (matches on this grid) add ``point_weight`` x their mean penalty."""
     base = identity_coords(tuple(start_vox.shape[1:]), start_vox.device)
     moving = torch.cat([pair.moving, pair.moving_weight[None], pair.moving_mask[None].float()])
     fixed_mask = pair.fixed_mask.float()
@@ -80,6 +84,8 @@ def instance_optimise(
         data = (weighted * diff).sum() / overlap.sum().clamp(min=1.0)
         outside = ((1.0 - overlap) * u.pow(2).sum(0)).mean()
         loss = data / scale + weight * diffusion(u) + outside_weight * outside
+        if points is not None and point_weight > 0:
+            loss = loss + point_weight * point_loss(u, points)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

@@ -3,24 +3,27 @@ Heinrich, "Fast 3D registration with accurate optimisation and little learning f
 
 features (MIND-SSC of both images on the fixed working grid, the moving one through the linear
 result) -> coupled convex search on coarse nodes (:mod:`convex`) -> Adam on the dense field
-(:mod:`instance`) -> folding guard (:mod:`jacobian`). The result maps fixed to moving points as
-``linear.apply(x + u(x))`` (:class:`crossreg.deformation.DeformableTransform`), ``u`` on the fixed
-image's working grid. Every step is batched torch: the same code runs on a GPU.
+(:mod:`instance`; optionally with the linear stage's matches as a soft point term, :mod:`points`) ->
+folding guard (:mod:`jacobian`). The result maps fixed to moving points as ``linear.apply(x + u(x))``
+(:class:`crossreg.deformation.DeformableTransform`), ``u`` on the fixed image's working grid. Every
+step is batched torch: the same code runs on a GPU.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from crossreg.deformable.config import DeformableConfig
 from crossreg.deformable.convex import candidates, cost_volume, coupled_convex, to_voxels
-from crossreg.deformable.features import halved, pair_features
+from crossreg.deformable.features import agreement, halved, pair_features
 from crossreg.deformable.instance import instance_optimise
 from crossreg.deformable.jacobian import jacobian_determinant, unfold
+from crossreg.deformable.points import point_targets
 from crossreg.deformation import DeformableTransform
 from crossreg.image import Image
 from crossreg.transform import AffineTransform
@@ -38,6 +41,10 @@ class DeformableResult:
     max_displacement_mm: float  # largest |u| inside the fixed field of view
     smoothings: int  # times the folding guard had to smooth the field (0: it never folded)
     seconds: float
+    n_points: int = 0  # matches that pulled the field (crossreg.deformable.points)
+    # The images' feature agreement at the linear result (features.agreement); below the config's
+    # min_agreement the features were left out.
+    feature_agreement: float = float("nan")
 
 
 def deform(
@@ -46,11 +53,27 @@ def deform(
     linear: AffineTransform,
     config: DeformableConfig | None = None,
     device: str = "cpu",
+    matches: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> DeformableResult:
-    """The deformable transform of ``moving`` onto ``fixed`` after ``linear`` (fixed -> moving)."""
+    """The deformable transform of ``moving`` onto ``fixed`` after ``linear`` (fixed -> moving).
+
+    matches: ``(fixed_mm, moving_mm)`` ``(M, d)`` world mm, e.g. the linear stage's matches
+    (:attr:`crossreg.result.Result.fixed_points_mm`, all of them, not only its inliers): those that
+    agree with their neighbours pull the field (``config.point_weight``; :mod:`points`).
+    """
     config = config or DeformableConfig()
     start = time.perf_counter()
     pair = pair_features(fixed, moving, linear, config.feature_spacing_mm, config.structure_floor, device)
+    agree = agreement(pair)
+    if agree < config.min_agreement:
+        log.info(
+            "deformable: features agree %.2f < %.2f: left out, matches only", agree, config.min_agreement
+        )
+        pair = replace(pair, fixed_weight=torch.zeros_like(pair.fixed_weight))
+    points = None
+    if matches is not None and config.point_weight > 0:
+        points = point_targets(*matches, linear, pair.grid, config.point_capture_mm)
+        log.info("deformable: %d of %d matches pull the field", len(points), len(matches[0]))
     spacing = pair.grid.spacing_mm[0]
     k = max(1, round(config.grid_spacing_mm / spacing))
     step = max(1, round(config.step_mm / spacing))
@@ -73,6 +96,8 @@ def deform(
         config.outside_weight,
         config.iterations,
         config.learning_rate / spacing / 2,
+        None if points is None else points.halved(),
+        config.point_weight,
     )
     u = to_voxels(2.0 * u_half, 2, pair.grid.shape)
     with torch.no_grad():
@@ -87,6 +112,8 @@ def deform(
         max_displacement_mm=float(length.max()) if length.numel() else 0.0,
         smoothings=smoothings,
         seconds=time.perf_counter() - start,
+        n_points=0 if points is None else len(points),
+        feature_agreement=agree,
     )
     log.info(
         "deformable: max %.1f mm, %.3f%% folded in the fixed FOV, %.1f s",

@@ -1,9 +1,11 @@
 """Deformable methods a benchmark compares, all started from one crossreg rigid result per case:
 crossreg's own deformable stage, ANTs SyN and an elastix B-spline (``crossreg bench --methods ...``).
 
-The rigid run is shared: ``crossreg-rigid`` (the ``crossreg`` method's configuration) runs it once per
+The rigid run is shared: ``crossreg-rigid`` (by default the ``crossreg`` method's configuration; a
+:data:`RigidStart` may list several, tried in order until one registers the pair) runs it once per
 case and seed, and the other methods of this module reuse it (a one-entry cache: the benchmark runs
-every method on a case before the next case), adding its seconds to their own. The intensity baselines
+every method on a case before the next case), adding its seconds to their own. ``crossreg-deformable``
+also hands the rigid run's matches to the deformable stage's point term. The intensity baselines
 see the moving image pre-aligned, resampled onto the fixed grid through the rigid result; their
 displacement field ``d`` on the fixed grid then gives crossreg's convention, fixed -> moving,
 ``p = rigid(x + d(x))``: a :class:`crossreg.deformation.DeformableTransform`
@@ -34,52 +36,69 @@ from crossreg.resample import resample
 #: Image on the fixed grid (fixed -> pre-aligned moving, mm), or an error message.
 FieldFn = Callable[[Image, Image, int], Image]
 
+#: The rigid start's configurations, tried in order until one registers the pair (a refusal of the
+#: first, e.g. MIND-SSC on a small ultrasound cone, hands the pair to the next, e.g. CrossKEY).
+RigidStart = tuple[RegisterConfig, ...]
+
 _last: dict[str, object] = {}
 
 
-def rigid_start(fixed: Image, moving: Image, seed: int, config: RegisterConfig) -> MethodOutput:
-    """crossreg's rigid result on the pair (cached for the latest pair, seed and config)."""
-    key = (id(fixed), id(moving), seed, config)
+def rigid_configs(
+    features: tuple[str, ...] = ("mind",), weights: str | None = None, device: str = "cpu"
+) -> RigidStart:
+    """The rigid start with each kind of :data:`crossreg.features.FEATURES` in ``features`` in turn
+    (``weights``: the learned features' model file; None: the shipped one)."""
+    return tuple(
+        RegisterConfig(features=kind, weights=None if kind == "mind" else weights, device=device)
+        for kind in features
+    )
+
+
+def rigid_start(fixed: Image, moving: Image, seed: int, configs: RigidStart) -> MethodOutput:
+    """crossreg's rigid result on the pair, from the first of ``configs`` that registers it (cached for
+    the latest pair, seed and configs); its matches are all the putative ones of that run."""
+    key = (id(fixed), id(moving), seed, configs)
     if _last.get("key") == key and _last["pair"] == (fixed, moving):
         return _last["output"]  # type: ignore[return-value]
     start = time.perf_counter()
-    try:
-        result = register(fixed, moving, replace(config, seed=seed))
-        output = MethodOutput(
-            result.transform,
-            time.perf_counter() - start,
-            (result.fixed_points_mm, result.moving_points_mm),
-        )
-    except (RegistrationFailed, NoOverlapError) as err:
-        output = _failure(start, err)
+    for config in configs:
+        try:
+            result = register(fixed, moving, replace(config, seed=seed))
+        except (RegistrationFailed, NoOverlapError) as err:
+            output = _failure(start, err)
+            continue
+        matches = (result.fixed_points_mm, result.moving_points_mm)
+        output = MethodOutput(result.transform, time.perf_counter() - start, matches)
+        break
     _last.update(key=key, pair=(fixed, moving), output=output)
     return output
 
 
-def crossreg_rigid(config: RegisterConfig | None = None) -> Method:
-    """``crossreg-rigid``: the shared rigid start itself (the same run as the ``crossreg`` method)."""
-    config = config or RegisterConfig()
-    return Method("crossreg-rigid", lambda f, m, seed: rigid_start(f, m, seed, config), ndims=(3,))
+def crossreg_rigid(rigid: RigidStart | None = None) -> Method:
+    """``crossreg-rigid``: the shared rigid start itself (by default the same run as the ``crossreg``
+    method)."""
+    rigid = rigid or rigid_configs()
+    return Method("crossreg-rigid", lambda f, m, seed: rigid_start(f, m, seed, rigid), ndims=(3,))
 
 
 def crossreg_deformable(
-    config: DeformableConfig | None = None, rigid: RegisterConfig | None = None, device: str = "cpu"
+    config: DeformableConfig | None = None, rigid: RigidStart | None = None, device: str = "cpu"
 ) -> Method:
     """``crossreg-deformable``: crossreg's deformable stage (:func:`crossreg.deformable.deform`) after
-    the shared rigid start."""
-    config, rigid = config or DeformableConfig(), rigid or RegisterConfig(device=device)
+    the shared rigid start, with its matches for the point term."""
+    config, rigid = config or DeformableConfig(), rigid or rigid_configs(device=device)
 
     def run(fixed: Image, moving: Image, seed: int) -> MethodOutput:
         start = rigid_start(fixed, moving, seed, rigid)
         if start.transform is None:
             return start
-        result = deform(fixed, moving, start.transform, config, device)
+        result = deform(fixed, moving, start.transform, config, device, matches=start.matches)
         return MethodOutput(result.transform, start.seconds + result.seconds, start.matches)
 
     return Method("crossreg-deformable", run, ndims=(3,))
 
 
-def from_rigid(name: str, field_fn: FieldFn, requires: tuple[str, ...], rigid: RegisterConfig) -> Method:
+def from_rigid(name: str, field_fn: FieldFn, requires: tuple[str, ...], rigid: RigidStart) -> Method:
     """A method running ``field_fn`` on the moving image pre-aligned by the shared rigid start."""
 
     def run(fixed: Image, moving: Image, seed: int) -> MethodOutput:
@@ -149,10 +168,11 @@ def elastix_bspline_field(fixed: Image, aligned: Image, seed: int) -> Image:
         return Image(np.asarray(field, np.float32), fixed.grid)
 
 
-def deformable_methods(device: str = "cpu") -> list[Method]:
+def deformable_methods(device: str = "cpu", rigid: RigidStart | None = None) -> list[Method]:
     """``crossreg-rigid``, ``crossreg-deformable``, ``ants-syn-from-rigid`` and
-    ``elastix-bspline-from-rigid``: 3D cases only."""
-    rigid = RegisterConfig(device=device)
+    ``elastix-bspline-from-rigid``, all from the rigid start ``rigid`` (default: crossreg's defaults):
+    3D cases only."""
+    rigid = rigid or rigid_configs(device=device)
     return [
         crossreg_rigid(rigid),
         crossreg_deformable(rigid=rigid, device=device),
