@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import functools
 import importlib
 import io
 import json
@@ -35,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -46,10 +45,6 @@ from crossreg.features import FEATURES
 from crossreg.outputs import atomic_write_text
 from crossreg.result_files import transform_files
 from crossreg.transform import Model
-
-if TYPE_CHECKING:
-    from crossreg.config import RegisterConfig
-    from crossreg.register import Registrator
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +224,7 @@ def _register_pair(pair: Pair, folder: Path, device: str, start: float) -> PairR
     from crossreg.imageio import load
     from crossreg.markups import read_matches_csv
     from crossreg.refine import RefineConfig
+    from crossreg.register import warm_registrator
 
     fixed, moving = load(pair.fixed), load(pair.moving)
     config = RegisterConfig(
@@ -240,7 +236,7 @@ def _register_pair(pair: Pair, folder: Path, device: str, start: float) -> PairR
         deformable=DeformableConfig() if pair.deformable else None,
         device=device,
     )
-    result = _registrator(config).register(fixed, moving, seed=pair.seed)
+    result = warm_registrator(config).register(fixed, moving, seed=pair.seed)
     result.save(
         folder / _transform_name(pair.model, pair.deformable),
         qa_path=folder / "qa.png",
@@ -262,15 +258,6 @@ def _register_pair(pair: Pair, folder: Path, device: str, start: float) -> PairR
         tre_mean_mm=None if tre is None else float(tre.mean()),
         tre_max_mm=None if tre is None else float(tre.max()),
     )
-
-
-@functools.lru_cache(maxsize=8)
-def _registrator(config: RegisterConfig) -> Registrator:
-    """This process's Registrator of ``config``: a worker loads a config's models once, on its first
-    pair, and keeps them for the rows that share the config (whatever their seeds)."""
-    from crossreg.register import Registrator
-
-    return Registrator(config)
 
 
 def done_record(pair: Pair, out_dir: Path) -> PairRecord | None:

@@ -18,6 +18,7 @@ second attempt above) read no weights file again. :func:`register` is one pair w
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -159,3 +160,10 @@ class Registrator:
             moving=moving,
             deformable=deformed,
         )
+
+
+@functools.lru_cache(maxsize=8)
+def warm_registrator(config: RegisterConfig) -> Registrator:
+    """This process's Registrator of ``config``: its models load on its first pair and stay for every
+    caller that registers with the same config (whatever their seeds), e.g. a batch worker's rows."""
+    return Registrator(config)

@@ -143,7 +143,7 @@ def test_done_json_counts_only_for_the_same_inputs_and_complete_files(cohort, tm
 
 
 def test_a_worker_reads_the_models_once_for_rows_that_share_a_config(cohort, tmp_path, monkeypatch):
-    import crossreg.batch
+    from crossreg.register import warm_registrator
 
     read, real_load = [], torch.load
 
@@ -152,7 +152,7 @@ def test_a_worker_reads_the_models_once_for_rows_that_share_a_config(cohort, tmp
         return real_load(f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "load", counted)
-    crossreg.batch._registrator.cache_clear()  # as a fresh worker process
+    warm_registrator.cache_clear()  # as a fresh worker process
     pair = read_pairs(cohort / "good.csv")[0]
     for seed in (0, 5):  # the seed is the pair's, not the Registrator's
         assert run_pair(replace(pair, id=f"s{seed}", seed=seed), tmp_path).status == "ok"

@@ -108,7 +108,8 @@ def test_deformable_methods_share_one_rigid_run_and_stay_out_of_the_defaults(mon
     found = SimpleNamespace(
         transform=linear, fixed_points_mm=np.ones((5, 2)), moving_points_mm=np.zeros((5, 2))
     )
-    monkeypatch.setattr(from_rigid, "register", lambda *args: calls.append(args) or found)
+    registrator = SimpleNamespace(register=lambda *args, seed: calls.append(seed) or found)
+    monkeypatch.setattr(from_rigid, "warm_registrator", lambda config: registrator)
     field = DeformableTransform(linear, shift_case.true_transform.field)
     stage = SimpleNamespace(transform=field, seconds=1.0)
     handed = {}
@@ -116,10 +117,10 @@ def test_deformable_methods_share_one_rigid_run_and_stay_out_of_the_defaults(mon
     rigid, deformable = methods[0], methods[1]
     assert rigid.run(shift_case.fixed, shift_case.moving, 7).transform is linear
     assert deformable.run(shift_case.fixed, shift_case.moving, 7).transform is field
-    assert len(calls) == 1  # the deformable method reused the rigid run
+    assert calls == [7]  # the deformable method reused the rigid run
     assert handed["matches"][0] is found.fixed_points_mm  # ... and handed its matches to the field
     deformable.run(shift_case.fixed, shift_case.moving, 8)  # another seed: another rigid run
-    assert len(calls) == 2
+    assert calls == [7, 8]
 
 
 def test_rigid_start_tries_its_configurations_in_order(monkeypatch, shift_case):
@@ -136,13 +137,16 @@ def test_rigid_start_tries_its_configurations_in_order(monkeypatch, shift_case):
         moving_points_mm=np.zeros((0, 2)),
     )
 
-    def register(fixed, moving, config):
-        tried.append(config.features)
-        if config.features == "mind":
-            raise RegistrationFailed("too few inliers")
-        return found
+    def warm_registrator(config):
+        def register(fixed, moving, seed):
+            tried.append(config.features)
+            if config.features == "mind":
+                raise RegistrationFailed("too few inliers")
+            return found
 
-    monkeypatch.setattr(from_rigid, "register", register)
+        return SimpleNamespace(register=register)
+
+    monkeypatch.setattr(from_rigid, "warm_registrator", warm_registrator)
     start = from_rigid.rigid_configs(("mind", "crosskey", "mind"))
     out = from_rigid.rigid_start(shift_case.fixed, shift_case.moving, 3, start)
     assert out.transform is found.transform and tried == ["mind", "crosskey"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from crossreg.deformation import DeformableTransform, field_from_sitk
 from crossreg.errors import NoOverlapError, RegistrationFailed
 from crossreg.evaluate.baselines import Method, MethodOutput, _failure, _to_itk, run_elastix, to_ants
 from crossreg.image import Image, fov_mask
-from crossreg.register import register
+from crossreg.register import warm_registrator
 from crossreg.resample import resample
 
 #: After the rigid start: (fixed, moving pre-aligned onto the fixed grid, seed) -> displacement field
@@ -63,7 +62,7 @@ def rigid_start(fixed: Image, moving: Image, seed: int, configs: RigidStart) -> 
     start = time.perf_counter()
     for config in configs:
         try:
-            result = register(fixed, moving, replace(config, seed=seed))
+            result = warm_registrator(config).register(fixed, moving, seed=seed)
         except (RegistrationFailed, NoOverlapError) as err:
             output = _failure(start, err)
             continue
