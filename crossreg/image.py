@@ -193,11 +193,10 @@ def robust_normalize(image: Image, low_pct: float = 0.5, high_pct: float = 99.5)
 
 
 def data_mask(image: Image) -> np.ndarray:
-    """Boolean array: voxels that hold data. An image's own mask if it has one; else every voxel but
-    the padding, i.e. those at the image's minimum value (a scanner fills the box around an ultrasound
-    cone or a CT's circle with it) and their neighbours, which mix data and padding when resampled."""
-    if image.mask is not None:
-        return image.mask
+    """Boolean array: the voxels of an image without a mask of its own (as read from a file) that hold
+    data: all but the padding, i.e. those at the image's minimum value (a scanner fills the box around
+    an ultrasound cone or a CT's circle with it), and their neighbours, which mix data and padding when
+    resampled."""
     import torch
 
     from crossreg.filters import dilate
