@@ -84,7 +84,14 @@ def saliency(image: Image, config: KeypointConfig = KeypointConfig()) -> torch.T
     norm = robust_normalize(image)
     x = torch.from_numpy(np.ascontiguousarray(norm.array, np.float32))
     valid = torch.from_numpy(np.ascontiguousarray(image.valid_mask()))
-    spacing_zyx = tuple(float(s) for s in image.spacing_mm[::-1])
+    return saliency_tensor(x, valid, tuple(float(s) for s in image.spacing_mm[::-1]), config)
+
+
+def saliency_tensor(
+    x: torch.Tensor, valid: torch.Tensor, spacing_zyx: tuple[float, ...], config: KeypointConfig
+) -> torch.Tensor:
+    """:func:`saliency` of a normalised array ``x`` ``(*spatial)`` with its bool ``valid`` mask, on
+    their device."""
     out = torch.zeros_like(x)
     for sigma_mm in config.scales_mm:
         smooth = _masked_blur(x, valid, tuple(sigma_mm / s for s in spacing_zyx))
@@ -107,7 +114,7 @@ def _hessian(x: torch.Tensor, spacing: tuple[float, ...]) -> torch.Tensor:
     """Second derivatives (per mm^2) of ``x`` ``(*spatial)`` by central differences: ``(*spatial, d, d)``."""
     d = x.dim()
     grads = torch.gradient(x, spacing=spacing)
-    hess = torch.empty(*x.shape, d, d, dtype=x.dtype)
+    hess = torch.empty(*x.shape, d, d, dtype=x.dtype, device=x.device)
     for i in range(d):
         second = torch.gradient(grads[i], spacing=spacing[i:], dim=tuple(range(i, d)))
         for j in range(i, d):
@@ -129,20 +136,12 @@ def detect_keypoints(
     keypoint sets of the same quality. Works on any grid; designed for working grids.
     """
     sal = saliency(image, config)
-    spacing_zyx = np.asarray(image.spacing_mm[::-1], float)
     region = fov_mask(image) if mask is None else np.asarray(mask, bool)
-    inside = _erode(
-        torch.from_numpy(np.ascontiguousarray(region)), _radius_vox(config.border_mm, spacing_zyx)
+    spacing_zyx = tuple(float(s) for s in image.spacing_mm[::-1])
+    index_zyx, scores = salient_maxima(
+        sal, torch.from_numpy(np.ascontiguousarray(region)), spacing_zyx, config, seed
     )
-    maxima = _local_maxima(sal, _radius_vox(config.nms_radius_mm, spacing_zyx)) & inside
-    index = maxima.nonzero()
-    scores = sal[maxima]
-    keep = scores >= config.min_saliency * _reference_saliency(scores)
-    index, scores = index[keep], scores[keep]
-    chosen = _choose(scores, config, seed)
-    index_zyx = _refine(sal, index[chosen])
     points = image.grid.index_to_world(index_zyx.numpy()[:, ::-1])
-    scores = scores[chosen].float()
     if len(points) < config.min_keypoints:
         grid = grid_points(
             image, region, config.grid_border_mm, config.grid_spacing_mm, config.max_grid_points
@@ -150,6 +149,27 @@ def detect_keypoints(
         points = np.concatenate([points, grid])
         scores = torch.cat([scores, torch.zeros(len(grid))])
     return Keypoints(torch.from_numpy(points).float(), scores)
+
+
+def salient_maxima(
+    sal: torch.Tensor,
+    region: torch.Tensor,
+    spacing_zyx: tuple[float, ...],
+    config: KeypointConfig,
+    seed: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keypoints of saliency ``sal`` ``(*spatial)`` inside bool ``region`` eroded by
+    ``config.border_mm``: sub-voxel array indices ``(K, d)`` float64 and scores ``(K,)`` float32, most
+    salient first, on ``sal``'s device (:func:`detect_keypoints` without the grid fallback)."""
+    spacing = np.asarray(spacing_zyx, float)
+    inside = _erode(region.to(sal.device), _radius_vox(config.border_mm, spacing))
+    maxima = _local_maxima(sal, _radius_vox(config.nms_radius_mm, spacing)) & inside
+    index = maxima.nonzero()
+    scores = sal[maxima]
+    keep = scores >= config.min_saliency * _reference_saliency(scores)
+    index, scores = index[keep], scores[keep]
+    chosen = _choose(scores, config, seed).to(sal.device)
+    return _refine(sal, index[chosen]), scores[chosen].float()
 
 
 def grid_points(
@@ -208,7 +228,7 @@ def _local_maxima(sal: torch.Tensor, radius_vox: tuple[int, ...]) -> torch.Tenso
     distance holds even on synthetic images with exact ties.
     """
     is_max = (sal >= _max_pool(sal, radius_vox)) & (sal > 0)
-    order = torch.arange(sal.numel(), dtype=torch.float64).view(sal.shape)
+    order = torch.arange(sal.numel(), dtype=torch.float64, device=sal.device).view(sal.shape)
     tag = torch.where(is_max, order, torch.full_like(order, -1.0))
     return is_max & (_max_pool(tag, radius_vox) == order)
 
@@ -228,17 +248,17 @@ def _choose(scores: torch.Tensor, config: KeypointConfig, seed: int | None) -> t
         generator.seed()
     else:
         generator.manual_seed(seed)
-    weights = (scores.double() / scores.max()) ** config.exponent
+    weights = ((scores.double() / scores.max()) ** config.exponent).cpu()
     picked = torch.multinomial(weights, k, replacement=False, generator=generator)
-    return picked[torch.argsort(scores[picked], descending=True)]
+    return picked[torch.argsort(scores.cpu()[picked], descending=True)]
 
 
 def _refine(sal: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Sub-voxel positions ``(K, d)`` (array order) of maxima ``index`` ``(K, d)``: 1D parabola per axis."""
-    shape = torch.tensor(sal.shape)
+    shape = torch.tensor(sal.shape, device=sal.device)
     offsets = []
     for axis in range(sal.dim()):
-        step = torch.zeros(sal.dim(), dtype=torch.long)
+        step = torch.zeros(sal.dim(), dtype=torch.long, device=sal.device)
         step[axis] = 1
         lo = tuple((index - step).clamp(min=0).T)
         hi = tuple(torch.minimum(index + step, shape - 1).T)

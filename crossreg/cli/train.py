@@ -40,6 +40,13 @@ Force = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existin
 Minutes = Annotated[
     float | None, typer.Option(help="Stop after this many minutes (checkpointed; --resume goes on).")
 ]
+Synthesis = Annotated[
+    str,
+    typer.Option(
+        help="Where pairs are made: 'workers' (CPU processes) or 'device' (on --device itself, the GPU "
+        "path; its own preset).",
+    ),
+]
 WarmStart = Annotated[
     Path | None,
     typer.Option(help="Start from this model at the step it was written at, with a fresh optimiser."),
@@ -65,6 +72,16 @@ def _run(sources, out: Path, config, device: str, resume: bool, force: bool, kin
         train(sources, out, config, device, resume, meta, show)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone writes
         console.print(f"wrote {out} (log: {out.with_suffix('.log.jsonl')})", highlight=False)
+
+
+def _check_synthesis(synthesis: str, workers: int) -> None:
+    """Refuse an unknown ``--synthesis``, and CPU workers with device synthesis (they would idle)."""
+    if synthesis not in ("workers", "device"):
+        raise CrossregError(f"--synthesis {synthesis!r}: use 'workers' or 'device'")
+    if synthesis == "device" and workers:
+        raise CrossregError(
+            "--workers is for --synthesis workers; device synthesis runs in the training process"
+        )
 
 
 def _commit() -> str:
@@ -93,6 +110,7 @@ def patient(
     echo: Echo = None,
     device: Device = "cpu",
     workers: Workers = 0,
+    synthesis: Synthesis = "workers",
     seed: Seed = 0,
     resume: Resume = False,
     force: Force = False,
@@ -100,7 +118,7 @@ def patient(
     """Train on synthetic ultrasound of one patient's MRI (random probe poses, artefacts, rotations)."""
     from crossreg.imageio import load
     from crossreg.synth.modality import as_probability
-    from crossreg.train.presets import batching, patient_config, patient_sources
+    from crossreg.train.presets import batching, patient_config, patient_device_config, patient_sources
 
     if (gm is None) != (wm is None):
         raise CrossregError("--gm and --wm go together: give both tissue maps or neither")
@@ -108,9 +126,15 @@ def patient(
     if image.ndim != 3:
         raise CrossregError(f"{mri}: a {image.ndim}D image; patient training needs a 3D MRI")
     tissues = {"gm": as_probability(load(gm)), "wm": as_probability(load(wm))} if gm and wm else None
-    config = (
-        patient_config(seed=seed, workers=workers) if steps is None else patient_config(steps, seed, workers)
-    )
+    _check_synthesis(synthesis, workers)
+    if synthesis == "device":
+        config = patient_device_config(seed=seed) if steps is None else patient_device_config(steps, seed)
+    else:
+        config = (
+            patient_config(seed=seed, workers=workers)
+            if steps is None
+            else patient_config(steps, seed, workers)
+        )
     config = batching(config, pairs_per_step, echo)
     _run(patient_sources(image, tissues), out, config, device, resume, force, "patient-specific")
 
@@ -124,16 +148,23 @@ def general(
     echo: Echo = None,
     device: Device = "cpu",
     workers: Workers = 0,
+    synthesis: Synthesis = "workers",
     seed: Seed = 0,
     resume: Resume = False,
     force: Force = False,
 ) -> None:
     """Train on every real MRI shipped (MNI152), warped into new anatomies, with random MR contrasts."""
-    from crossreg.train.presets import batching, general_config, general_sources
+    from crossreg.train.presets import batching, general_config, general_device_config, general_sources
 
-    config = (
-        general_config(seed=seed, workers=workers) if steps is None else general_config(steps, seed, workers)
-    )
+    _check_synthesis(synthesis, workers)
+    if synthesis == "device":
+        config = general_device_config(seed=seed) if steps is None else general_device_config(steps, seed)
+    else:
+        config = (
+            general_config(seed=seed, workers=workers)
+            if steps is None
+            else general_config(steps, seed, workers)
+        )
     config = batching(config, pairs_per_step, echo)
     _run(general_sources(), out, config, device, resume, force, "general")
 

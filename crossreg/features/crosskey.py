@@ -24,9 +24,9 @@ from torch import nn
 
 from crossreg.errors import CrossregError
 from crossreg.features.base import Description
-from crossreg.features.mind import MindConfig, mind_descriptors, mind_maps, ssc_pairs
+from crossreg.features.mind import MindConfig, mind_descriptors, mind_maps, mind_maps_tensor, ssc_pairs
 from crossreg.features.weights import load_weights, save_weights, shipped_weights
-from crossreg.image import Image
+from crossreg.image import Grid, Image
 from crossreg.resample import grid_coords
 
 if TYPE_CHECKING:
@@ -128,12 +128,24 @@ def network_input(work: Image, config: NetworkConfig, mind: torch.Tensor | None 
     ``config.mind_input``, the MIND-SSC maps (0 outside the mask) of a working image (``mind``:
     ``mind_maps(work)`` with the default :class:`MindConfig`, if already computed), on ``mind``'s
     device (the CPU without it)."""
-    mask = work.valid_mask()
-    array = np.where(mask, work.array, 0.0).astype(np.float32)
     device = "cpu" if mind is None else mind.device
-    inputs = torch.from_numpy(np.stack([array, mask.astype(np.float32)])).to(device)
+    array = torch.from_numpy(np.ascontiguousarray(work.array, np.float32)).to(device)
+    mask = torch.from_numpy(np.ascontiguousarray(work.valid_mask())).to(device)
+    return network_input_tensor(array, mask, work.grid, config, mind)
+
+
+def network_input_tensor(
+    array: torch.Tensor,
+    mask: torch.Tensor,
+    grid: Grid,
+    config: NetworkConfig,
+    mind: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`network_input` of a working array ``(*grid.shape)`` float32 and its bool mask, on their
+    device."""
+    inputs = torch.stack([torch.where(mask, array, 0.0), mask.float()])
     if config.mind_input:
-        maps = mind_maps(work) if mind is None else mind
+        maps = mind_maps_tensor(array, grid) if mind is None else mind
         inputs = torch.cat([inputs, maps * inputs[1:2]])
     return inputs[None]
 

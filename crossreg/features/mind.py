@@ -133,7 +133,12 @@ def mind_maps(
     grid, so the same anatomy stored with flipped or permuted axes gives the same channels.
     """
     x = torch.from_numpy(np.ascontiguousarray(image.array, np.float32)).to(device)
-    return torch.cat([_world_mind(x, image.grid, d, config.patch_sigma_mm) for d in config.dilations_mm])
+    return mind_maps_tensor(x, image.grid, config)
+
+
+def mind_maps_tensor(x: torch.Tensor, grid: Grid, config: MindConfig = MindConfig()) -> torch.Tensor:
+    """:func:`mind_maps` of an array ``x`` ``(*grid.shape)`` float32, on its device."""
+    return torch.cat([_world_mind(x, grid, d, config.patch_sigma_mm) for d in config.dilations_mm])
 
 
 def layout_offsets_mm(ndim: int, config: MindConfig = MindConfig()) -> torch.Tensor:

@@ -153,27 +153,36 @@ def probe_pose_on_surface(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A probe pose on the brain surface: apex ``(d,)`` world mm and inward unit direction ``(d,)``.
 
-    The apex is a random voxel centre on the border of ``mask`` (the image's signal,
-    :func:`crossreg.image.fov_mask`, if None); in 3D only where the surface faces up (superior, a
-    craniotomy on the convexity, not the skull base). The beam points halfway between the inward
-    surface normal and the mask centroid, tilted by a random angle up to ``max_tilt_deg``.
+    One of :func:`surface_poses` drawn uniformly, tilted by a random angle up to ``max_tilt_deg``.
     """
     rng = np.random.default_rng(seed)
+    apexes, directions = surface_poses(mri, mask)
+    pick = int(rng.choice(len(apexes)))
+    return apexes[pick], tilt(directions[pick], rng.uniform(0.0, max_tilt_deg), rng)
+
+
+def surface_poses(mri: Image, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every untilted probe pose on the brain surface: apexes ``(K, d)`` world mm and inward unit
+    directions ``(K, d)``.
+
+    The apexes are the voxel centres on the border of ``mask`` (the image's signal,
+    :func:`crossreg.image.fov_mask`, if None); in 3D only where the surface faces up (superior, a
+    craniotomy on the convexity, not the skull base). Each beam points halfway between the inward
+    surface normal and the mask centroid.
+    """
     region = fov_mask(mri) if mask is None else np.asarray(mask, bool)
     outward = _outward_normals(mri, region)  # (d, *shape), world
     surface = region & ~erode(torch.from_numpy(region), 1).numpy()
     if mri.ndim == 3:
         surface &= outward[2] > 0.2 * np.linalg.norm(outward, axis=0)
-    candidates = np.flatnonzero(surface)
-    if candidates.size == 0:
+    index = np.argwhere(surface)
+    if index.size == 0:
         raise ValueError("probe_pose_on_surface: the mask has no (upward-facing) surface voxels")
-    flat = int(rng.choice(candidates))
-    idx = np.unravel_index(flat, region.shape)
-    apex = mri.grid.index_to_world(np.array(idx[::-1], float)[None])[0]
-    inward = -outward[(slice(None), *idx)]
+    apexes = mri.grid.index_to_world(index[:, ::-1].astype(float))
+    inward = -outward[(slice(None), *index.T)].T
     centroid = mri.grid.index_to_world(np.argwhere(region)[:, ::-1].mean(axis=0)[None])[0]
-    direction = _unit(_unit(inward) + _unit(centroid - apex))
-    return apex, tilt(direction, rng.uniform(0.0, max_tilt_deg), rng)
+    directions = _units(_units(inward) + _units(centroid - apexes))
+    return apexes, directions
 
 
 def _outward_normals(image: Image, region: np.ndarray, smooth_mm: float = 4.0) -> np.ndarray:
@@ -187,6 +196,11 @@ def _outward_normals(image: Image, region: np.ndarray, smooth_mm: float = 4.0) -
 
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def _units(v: np.ndarray) -> np.ndarray:
+    """Rows of ``v`` ``(K, d)`` scaled to unit length."""
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
 def tilt(direction: np.ndarray, angle_deg: float, rng: np.random.Generator) -> np.ndarray:

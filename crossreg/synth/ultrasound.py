@@ -16,6 +16,7 @@ echogenicity, attenuation and a relative acoustic impedance. These are sampled o
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
@@ -129,7 +130,10 @@ def _crop_to_beam(
 ) -> tuple[dict[str, torch.Tensor], Grid]:
     """``fractions`` and ``grid`` cut to the box around the beam's samples ``(*P, d)`` plus a margin
     (the work then scales with the field of view, not with the MRI)."""
-    index = grid.world_to_index(beam_points_mm.reshape(-1, grid.ndim).double().numpy())
+    flat = beam_points_mm.reshape(-1, grid.ndim)
+    corners = torch.stack([flat.min(dim=0).values, flat.max(dim=0).values]).double().cpu().numpy()
+    box_points = np.array(list(itertools.product(*corners.T)))
+    index = grid.world_to_index(box_points)
     size = grid.size_xyz
     margin = np.ceil(margin_mm / np.asarray(grid.spacing_mm)).astype(int)
     lo = np.clip(np.floor(index.min(axis=0)).astype(int) - margin, 0, size - 2)
@@ -145,7 +149,8 @@ def _world_gradient(field: torch.Tensor, grid: Grid, sigma_mm: float) -> torch.T
     smooth = gaussian_blur(field[None], tuple(sigma_mm / s for s in grid.spacing_mm[::-1]))[0]
     grads = torch.gradient(smooth, spacing=tuple(float(s) for s in grid.spacing_mm[::-1]))
     per_axis = torch.stack(grads[::-1])  # d/dmm along index x, y, z
-    return torch.einsum("ij,j...->i...", torch.as_tensor(grid.direction, dtype=field.dtype), per_axis)
+    direction = torch.as_tensor(grid.direction, dtype=field.dtype, device=field.device)
+    return torch.einsum("ij,j...->i...", direction, per_axis)
 
 
 def _ridges(gradient: torch.Tensor, grid: Grid) -> torch.Tensor:
@@ -153,7 +158,7 @@ def _ridges(gradient: torch.Tensor, grid: Grid) -> torch.Tensor:
     non-maximum suppression along the gradient direction), zero elsewhere."""
     magnitude = gradient.norm(dim=0)
     normal = torch.movedim(gradient / magnitude.clamp_min(1e-12), 0, -1) * min(grid.spacing_mm)
-    points = grid_points_mm(grid)
+    points = grid_points_mm(grid, gradient.device)
     ahead, behind = (sample_world(magnitude[None], grid, points + s * normal)[0] for s in (1.0, -1.0))
     return magnitude * ((magnitude >= ahead) & (magnitude >= behind))
 
@@ -196,16 +201,29 @@ def echo_envelope(
 ) -> torch.Tensor:
     """The received echo amplitude along every ray, before log compression: ``(*beam.shape)``."""
     generator = torch.Generator().manual_seed(int(seed))
-    points, rays = beam.samples_mm()
-    margin_mm = 3.0 * config.boundary_mm + 2.0 * max(mri.spacing_mm)
-    fractions, grid = _crop_to_beam(tissue_volumes(mri, tissues), mri.grid, points, margin_mm)
-    maps, gradient = acoustic_maps(fractions, grid, config)
+    return envelope(tissue_volumes(mri, tissues), mri.grid, config, beam, generator)
+
+
+def envelope(
+    fractions: dict[str, torch.Tensor],
+    grid: Grid,
+    config: UltrasoundConfig,
+    beam: Beam,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """:func:`echo_envelope` from tissue fractions (:func:`tissue_volumes`) on ``grid``, computed on
+    ``generator``'s device (the fractions' too): ``(*beam.shape)``."""
+    device = generator.device
+    points, rays = beam.samples_mm(device)
+    margin_mm = 3.0 * config.boundary_mm + 2.0 * max(grid.spacing_mm)
+    cropped, grid = _crop_to_beam(fractions, grid, points, margin_mm)
+    maps, gradient = acoustic_maps(cropped, grid, config)
     echo, alpha = sample_world(maps, grid, points)
     reflect = _reflectivity(sample_world(gradient, grid, points), rays, config.angle_power)
     step = beam.step_mm
     one_way = torch.cumprod((1.0 - reflect * step).clamp(0.0, 1.0), dim=-1)
     transmission = torch.cat([torch.ones_like(one_way[..., :1]), one_way[..., :-1]], dim=-1) ** 2
-    depth_cm = torch.linspace(0.0, beam.depth_mm / 10.0, beam.shape[-1])
+    depth_cm = torch.linspace(0.0, beam.depth_mm / 10.0, beam.shape[-1], device=device)
     loss_db = 2.0 * (torch.cumsum(alpha, dim=-1) - alpha) * (step / 10.0)
     tgc_db = 2.0 * config.tgc * config.attenuation_db_cm_mhz * config.frequency_mhz * depth_cm
     speckle, receiver, specular = _through_psf(beam, config, reflect, generator)
@@ -223,11 +241,19 @@ def log_compress(envelope: torch.Tensor, config: UltrasoundConfig) -> torch.Tens
 def scan_convert(beam: Beam, values: torch.Tensor, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     """Beam-space ``values`` ``(*beam.shape)`` on ``grid``: an array of ``grid.shape`` (0 outside the
     field of view) and the field-of-view mask."""
-    coords, inside = beam.coordinates(grid_points_mm(grid).reshape(-1, grid.ndim))
+    array, inside = scan_convert_tensor(beam, values, grid)
+    return array.cpu().numpy(), inside.cpu().numpy()
+
+
+def scan_convert_tensor(beam: Beam, values: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`scan_convert` on ``values``' device: tensors of ``grid.shape``."""
+    coords, inside = beam.coordinates(grid_points_mm(grid, values.device).reshape(-1, grid.ndim))
     flat = coords.reshape(1, -1, *([1] * (beam.ndim - 1)), beam.ndim)
-    sampled = F.grid_sample(values[None, None], flat, align_corners=True, padding_mode="border")
+    sampled = F.grid_sample(
+        values[None, None], flat.to(values.dtype), align_corners=True, padding_mode="border"
+    )
     array = torch.where(inside, sampled.reshape(-1), 0.0)
-    return array.reshape(grid.shape).numpy(), inside.reshape(grid.shape).numpy()
+    return array.reshape(grid.shape), inside.reshape(grid.shape)
 
 
 def beam_for(config: UltrasoundConfig, apex_mm: np.ndarray, direction: np.ndarray, grid: Grid) -> Beam:

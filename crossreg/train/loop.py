@@ -1,9 +1,11 @@
 """The one training loop for descriptor networks: CPU, one GPU, or several under ``torchrun`` (DDP).
 
 Pairs come from :class:`crossreg.train.data.PairStream` (synthesised on CPU workers while the GPU
-trains); each rank draws its own share of pair indices, so N ranks see N times the pairs per step.
-Synthesis, not the GPU, bounds the speed (docs/benchmarks.md), so a batch of pairs may serve ``echo``
-consecutive steps (data echoing; the negatives are drawn afresh each time).
+trains) or, with ``synthesis="device"``, from :class:`crossreg.train.device_pairs.DevicePairStream`
+(made on the training device itself); each rank draws its own share of pair indices, so N ranks see
+N times the pairs per step. CPU synthesis bounds the speed (docs/benchmarks.md), so a batch of pairs
+may serve ``echo`` consecutive steps (data echoing; the negatives are drawn afresh each time). Pairs
+that share their MRI side (device synthesis) run it through the network once per step.
 A checkpoint (model, optimiser, step, loss generator) is written atomically every
 ``checkpoint_every`` steps and at the end; ``resume`` continues from it exactly. Losses go to a JSON
 lines log. Rank 0 alone writes files.
@@ -15,9 +17,10 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -25,6 +28,7 @@ import torch.distributed as dist
 from crossreg.features.crosskey import CrossKeyConfig, DescriptorNet, save_model
 from crossreg.train.checkpoints import cosine_lr, load_checkpoint, save_checkpoint
 from crossreg.train.data import PairConfig, PairStream, Source, TrainingPair
+from crossreg.train.device_pairs import DevicePairConfig, DevicePairStream
 from crossreg.train.losses import LossConfig, descriptor_loss
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,10 @@ class TrainConfig:
     # Fraction (0-1) of the steps over which the negatives' hardness grows linearly from 0 to 1.
     hardness_warmup: float = 0.5
     workers: int = 0  # DataLoader processes synthesising pairs (0: in the training process)
+    # Where pairs are made: "workers" (crossreg.train.data on the CPU, `workers` processes) or "device"
+    # (crossreg.train.device_pairs on the training device, with device_pairs' anatomies).
+    synthesis: Literal["workers", "device"] = "workers"
+    device_pairs: DevicePairConfig = field(default_factory=DevicePairConfig)
     seed: int = 0  # seeds the network's initialisation, the pair stream and the loss's draws
     log_every: int = 10  # steps between log lines (and the last step)
     checkpoint_every: int = 100  # steps between checkpoints (and the last step)
@@ -55,8 +63,10 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
-        if self.pairs_per_step < 1 or self.echo < 1:
-            raise ValueError(f"TrainConfig needs pairs_per_step >= 1 and echo >= 1, got {self}")
+        if self.pairs_per_step < 1 or self.echo < 1 or self.synthesis not in ("workers", "device"):
+            raise ValueError(
+                f"TrainConfig needs pairs_per_step >= 1, echo >= 1, synthesis workers or device, got {self}"
+            )
 
     def batch_start(self, step: int, world: int = 1) -> int:
         """Index of the first pair of step ``step``'s batch, over all ``world`` ranks."""
@@ -87,13 +97,14 @@ def _distributed() -> tuple[int, int]:
 def _pair_loss(
     net: torch.nn.Module,
     pair: TrainingPair,
+    fixed_maps: list[torch.Tensor],
     hardness: float,
     config: TrainConfig,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss of one pair whose tensors are on the network's device, and its statistics."""
+    """The loss of one pair whose tensors are on the network's device, given its MRI side's feature
+    maps, and its statistics."""
     core = net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
-    fixed_maps = net(pair.fixed_input)
     moving_maps = net(pair.moving_input)
     desc_f = core.descriptors_at(fixed_maps, pair.fixed_coords)
     desc_m = core.descriptors_at(moving_maps, pair.moving_coords)
@@ -103,6 +114,17 @@ def _pair_loss(
     return descriptor_loss(
         desc_f.float(), desc_m.float(), pair.positions_mm, hardness, config.loss, generator, bank
     )
+
+
+def _by_mri(batch: list[TrainingPair]) -> list[list[TrainingPair]]:
+    """``batch`` split into runs of consecutive pairs that share one MRI-side input tensor."""
+    groups: list[list[TrainingPair]] = []
+    for pair in batch:
+        if groups and groups[-1][0].fixed_input is pair.fixed_input:
+            groups[-1].append(pair)
+        else:
+            groups.append([pair])
+    return groups
 
 
 class _Encoder(torch.nn.Module):
@@ -150,11 +172,19 @@ def train(
     first = config.batch_start(step, world) + rank  # the batch this step uses (a resumed run's too)
     # Pair indices run over all ranks; the curriculum is set per rank, as the pairs per step are.
     pair_config = replace(config.pairs, curriculum_pairs=config.pairs.curriculum_pairs * world)
-    stream = PairStream(sources, pair_config, config.network, config.seed, first, world)
-    loader = torch.utils.data.DataLoader(
-        stream, batch_size=None, num_workers=config.workers, persistent_workers=config.workers > 0
-    )
-    pairs = iter(loader)
+    pairs: Iterator[TrainingPair]
+    if config.synthesis == "device":
+        pairs = iter(
+            DevicePairStream(
+                sources, pair_config, config.device_pairs, config.network, config.seed, first, world, dev
+            )
+        )
+    else:
+        stream = PairStream(sources, pair_config, config.network, config.seed, first, world)
+        loader = torch.utils.data.DataLoader(
+            stream, batch_size=None, num_workers=config.workers, persistent_workers=config.workers > 0
+        )
+        pairs = iter(loader)
     batch: list[TrainingPair] = []
     clock = time.perf_counter()
     while step < config.steps:
@@ -167,11 +197,15 @@ def train(
         totals: dict[str, float] = {}
         if step % config.echo == 0 or not batch:  # a new batch, or the one a resumed run was in
             batch = [next(pairs).to(dev) for _ in range(config.pairs_per_step)]
-        for pair in batch:
-            loss, stats = _pair_loss(model, pair, hardness, config, generator)
-            (loss / config.pairs_per_step).backward()
-            for k, v in {"loss": float(loss.detach()), **stats}.items():
-                totals[k] = totals.get(k, 0.0) + v / config.pairs_per_step
+        for group in _by_mri(batch):
+            fixed_maps = model(group[0].fixed_input)
+            group_loss = torch.zeros((), device=dev)
+            for pair in group:
+                loss, stats = _pair_loss(model, pair, fixed_maps, hardness, config, generator)
+                group_loss = group_loss + loss / config.pairs_per_step
+                for k, v in {"loss": float(loss.detach()), **stats}.items():
+                    totals[k] = totals.get(k, 0.0) + v / config.pairs_per_step
+            group_loss.backward()
         optimiser.step()
         step += 1
         logging_step = step % config.log_every == 0 or step == config.steps
