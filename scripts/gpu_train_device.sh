@@ -9,18 +9,22 @@
 #                                                                   # patient model, on MR -> iUS cones
 #
 # Training throughput (distinct pairs per second) is in each log: every pair is new (no echoing).
+# WORKERS (default 6) processes make the pairs, each driving the GPU.
 # The device machine has torch but no SimpleITK and no network: carry its abi3 wheel in wheels/.
 set -euo pipefail
 MODE=${1:?train or bench}
 source "$(dirname "$0")/device_env.sh"
 DATA=crossreg/data
+WORKERS=${WORKERS:-6}  # processes making pairs on the GPU (a cone is ~1000 small kernels)
 export CROSSREG_COMMIT=${CROSSREG_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 train() {  # train KIND STEPS MODEL_FILE
   if [ "$1" = patient ]; then
     python -m crossreg train patient "$DATA/mni152_t1_2mm.nii.gz" --gm "$DATA/mni152_gm_2mm.nii.gz" \
-      --wm "$DATA/mni152_wm_2mm.nii.gz" --synthesis device --steps "$2" --out "$3" --device cuda --force
+      --wm "$DATA/mni152_wm_2mm.nii.gz" --synthesis device --workers "$WORKERS" --steps "$2" --out "$3" \
+      --device cuda --force
   else
-    python -m crossreg train general --synthesis device --steps "$2" --out "$3" --device cuda --force
+    python -m crossreg train general --synthesis device --workers "$WORKERS" --steps "$2" --out "$3" \
+      --device cuda --force
   fi
 }
 steps_for() {  # steps_for KIND MINUTES: as many steps as fit, at the rate of a 30-step run

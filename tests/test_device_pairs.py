@@ -88,23 +88,29 @@ def test_device_twins_agree_with_the_cpu_helpers():
 
 
 def test_pairs_of_one_anatomy_share_its_mri_input_and_training_runs(source, tmp_path):
-    """Consecutive pairs of one anatomy share the MRI side's tensor, a new anatomy brings a new one;
-    a short device-synthesis run trains, logs and writes its model."""
+    """Consecutive pairs of one anatomy share the MRI side's tensor, a new anatomy brings a new one; a
+    short device-synthesis run trains and logs, and makes the same pairs in 2 spawned workers as in
+    the training process (the same losses)."""
     config = DevicePairConfig(cones_per_anatomy=2, subject_share=0.5)
-    stream = iter(DevicePairStream([source], PAIRS, config, NET, seed=0))
-    a, b, c = next(stream), next(stream), next(stream)
+    chunks = iter(DevicePairStream([source], PAIRS, config, NET, seed=0))
+    (a, b), (c, _) = next(chunks), next(chunks)
     assert a.fixed_input is b.fixed_input and c.fixed_input is not a.fixed_input
     assert not torch.equal(a.moving_coords, b.moving_coords)
-    run = TrainConfig(
-        steps=2,
-        pairs_per_step=2,
-        log_every=1,
-        network=NET,
-        pairs=PAIRS,
-        synthesis="device",
-        device_pairs=config,
-    )
-    net = train([source], tmp_path / "m.pt", run)
-    log = [json.loads(line) for line in (tmp_path / "m.log.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in log] == [1, 2] and all(np.isfinite(e["loss"]) for e in log)
-    assert (tmp_path / "m.pt").exists() and net.config == NET
+    losses = []
+    for workers in (0, 2):
+        run = TrainConfig(
+            steps=2,
+            pairs_per_step=2,
+            log_every=1,
+            network=NET,
+            pairs=PAIRS,
+            synthesis="device",
+            device_pairs=config,
+            workers=workers,
+        )
+        out = tmp_path / f"m{workers}.pt"
+        net = train([source], out, run)
+        log = [json.loads(line) for line in out.with_suffix(".log.jsonl").read_text().splitlines()]
+        assert [e["step"] for e in log] == [1, 2] and out.exists() and net.config == NET
+        losses.append([e["loss"] for e in log])
+    assert all(np.isfinite(losses[0])) and losses[0] == pytest.approx(losses[1], rel=1e-5)

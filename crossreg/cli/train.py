@@ -22,7 +22,13 @@ app.add_typer(train_app, name="train")
 
 Steps = Annotated[int | None, typer.Option(help="Optimiser steps (default: the preset's).")]
 Device = Annotated[str, typer.Option(help="cpu or cuda (under torchrun: one GPU per process).")]
-Workers = Annotated[int, typer.Option(help="CPU processes synthesising pairs (0: in the training process).")]
+Workers = Annotated[
+    int,
+    typer.Option(
+        help="Processes synthesising pairs (0: in the training process); with --synthesis device, "
+        "each drives the GPU."
+    ),
+]
 PairsPerStep = Annotated[
     int | None, typer.Option(help="Pairs per optimiser step (per GPU under torchrun; default 8).", min=1)
 ]
@@ -74,14 +80,10 @@ def _run(sources, out: Path, config, device: str, resume: bool, force: bool, kin
         console.print(f"wrote {out} (log: {out.with_suffix('.log.jsonl')})", highlight=False)
 
 
-def _check_synthesis(synthesis: str, workers: int) -> None:
-    """Refuse an unknown ``--synthesis``, and CPU workers with device synthesis (they would idle)."""
+def _check_synthesis(synthesis: str) -> None:
+    """Refuse an unknown ``--synthesis``."""
     if synthesis not in ("workers", "device"):
         raise CrossregError(f"--synthesis {synthesis!r}: use 'workers' or 'device'")
-    if synthesis == "device" and workers:
-        raise CrossregError(
-            "--workers is for --synthesis workers; device synthesis runs in the training process"
-        )
 
 
 def _commit() -> str:
@@ -126,9 +128,13 @@ def patient(
     if image.ndim != 3:
         raise CrossregError(f"{mri}: a {image.ndim}D image; patient training needs a 3D MRI")
     tissues = {"gm": as_probability(load(gm)), "wm": as_probability(load(wm))} if gm and wm else None
-    _check_synthesis(synthesis, workers)
+    _check_synthesis(synthesis)
     if synthesis == "device":
-        config = patient_device_config(seed=seed) if steps is None else patient_device_config(steps, seed)
+        config = (
+            patient_device_config(seed=seed, workers=workers)
+            if steps is None
+            else patient_device_config(steps, seed, workers)
+        )
     else:
         config = (
             patient_config(seed=seed, workers=workers)
@@ -156,9 +162,13 @@ def general(
     """Train on every real MRI shipped (MNI152), warped into new anatomies, with random MR contrasts."""
     from crossreg.train.presets import batching, general_config, general_device_config, general_sources
 
-    _check_synthesis(synthesis, workers)
+    _check_synthesis(synthesis)
     if synthesis == "device":
-        config = general_device_config(seed=seed) if steps is None else general_device_config(steps, seed)
+        config = (
+            general_device_config(seed=seed, workers=workers)
+            if steps is None
+            else general_device_config(steps, seed, workers)
+        )
     else:
         config = (
             general_config(seed=seed, workers=workers)

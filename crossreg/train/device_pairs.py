@@ -302,9 +302,12 @@ def _near(grid: Grid, points_mm: torch.Tensor, pairs: PairConfig, generator: tor
     return near[_inside(grid, near)]
 
 
-class DevicePairStream:
-    """Endless pairs ``start, start + stride, ...`` made on ``device``; pair ``i`` belongs to anatomy
-    ``i // config.cones_per_anatomy`` (a DDP rank strides over the same anatomies as the others)."""
+class DevicePairStream(torch.utils.data.IterableDataset):
+    """Endless pairs ``start, start + stride, ...`` made on ``device``, in lists of
+    ``config.cones_per_anatomy`` consecutive ones; pair ``i`` belongs to anatomy
+    ``i // config.cones_per_anatomy``. Under a DataLoader of N workers (spawned processes, each making
+    its lists on the device), worker ``w`` makes lists ``w, w + N, ...``: the loader hands them over in
+    order, so the pairs are the same for any N."""
 
     def __init__(
         self,
@@ -317,16 +320,23 @@ class DevicePairStream:
         stride: int = 1,
         device: torch.device | str = "cpu",
     ) -> None:
-        self.sources = [prepare_source(s, torch.device(device)) for s in sources]
+        super().__init__()
+        self.sources, self.device = list(sources), torch.device(device)
         self.pairs, self.config, self.network, self.seed = pairs, config, network, seed
         self.start, self.stride = start, stride
+        self._prepared: list[SourceOnDevice] | None = None  # made in the process that uses them
         self._anatomy: tuple[int, Anatomy, SourceOnDevice] | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_prepared": None, "_anatomy": None}
 
     def anatomy(self, number: int) -> tuple[Anatomy, SourceOnDevice]:
         """Anatomy ``number`` of the stream and its source (the last one is kept)."""
+        if self._prepared is None:
+            self._prepared = [prepare_source(s, self.device) for s in self.sources]
         if self._anatomy is None or self._anatomy[0] != number:
             rng = np.random.default_rng([self.seed, number, 1])
-            source = self.sources[int(rng.integers(len(self.sources)))]
+            source = self._prepared[int(rng.integers(len(self._prepared)))]
             self._anatomy = (number, make_anatomy(source, self.pairs, self.config, self.network, rng), source)
         return self._anatomy[1], self._anatomy[2]
 
@@ -341,8 +351,14 @@ class DevicePairStream:
                 continue
         raise CrossregError(f"pair {index}: no usable ultrasound in {MAX_ATTEMPTS} draws; check the sources")
 
-    def __iter__(self) -> Iterator[TrainingPair]:
-        index = self.start
+    def __iter__(self) -> Iterator[list[TrainingPair]]:
+        info = torch.utils.data.get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device)
+        size = self.config.cones_per_anatomy
+        chunk = worker
         while True:
-            yield self.pair(index)
-            index += self.stride
+            first = self.start + chunk * size * self.stride
+            yield [self.pair(first + k * self.stride) for k in range(size)]
+            chunk += n_workers

@@ -51,8 +51,9 @@ class TrainConfig:
     # Fraction (0-1) of the steps over which the negatives' hardness grows linearly from 0 to 1.
     hardness_warmup: float = 0.5
     workers: int = 0  # DataLoader processes synthesising pairs (0: in the training process)
-    # Where pairs are made: "workers" (crossreg.train.data on the CPU, `workers` processes) or "device"
-    # (crossreg.train.device_pairs on the training device, with device_pairs' anatomies).
+    # Where pairs are made: "workers" (crossreg.train.data on the CPU) or "device" (crossreg.train.
+    # device_pairs on the training device, with device_pairs' anatomies; `workers` spawned processes
+    # each launch its kernels: a cone is ~1000 small kernels, so one process cannot keep a GPU busy).
     synthesis: Literal["workers", "device"] = "workers"
     device_pairs: DevicePairConfig = field(default_factory=DevicePairConfig)
     seed: int = 0  # seeds the network's initialisation, the pair stream and the loss's draws
@@ -172,19 +173,7 @@ def train(
     first = config.batch_start(step, world) + rank  # the batch this step uses (a resumed run's too)
     # Pair indices run over all ranks; the curriculum is set per rank, as the pairs per step are.
     pair_config = replace(config.pairs, curriculum_pairs=config.pairs.curriculum_pairs * world)
-    pairs: Iterator[TrainingPair]
-    if config.synthesis == "device":
-        pairs = iter(
-            DevicePairStream(
-                sources, pair_config, config.device_pairs, config.network, config.seed, first, world, dev
-            )
-        )
-    else:
-        stream = PairStream(sources, pair_config, config.network, config.seed, first, world)
-        loader = torch.utils.data.DataLoader(
-            stream, batch_size=None, num_workers=config.workers, persistent_workers=config.workers > 0
-        )
-        pairs = iter(loader)
+    pairs = _pair_source(sources, config, pair_config, first, world, dev)
     batch: list[TrainingPair] = []
     clock = time.perf_counter()
     while step < config.steps:
@@ -240,6 +229,36 @@ def train(
         # second then aborts ("terminate called without an active exception"), measured 1 in 100 runs.
         dist.destroy_process_group()
     return net.eval()
+
+
+def _pair_source(
+    sources: Sequence[Source],
+    config: TrainConfig,
+    pairs: PairConfig,
+    first: int,
+    world: int,
+    device: torch.device,
+) -> Iterator[TrainingPair]:
+    """The rank's pairs ``first, first + world, ...``: from ``config.workers`` CPU processes, or made on
+    ``device`` (in ``config.workers`` spawned processes, each with its own CUDA context, if any)."""
+    if config.synthesis == "workers":
+        stream = PairStream(sources, pairs, config.network, config.seed, first, world)
+        return iter(
+            torch.utils.data.DataLoader(
+                stream, batch_size=None, num_workers=config.workers, persistent_workers=config.workers > 0
+            )
+        )
+    chunks = DevicePairStream(
+        sources, pairs, config.device_pairs, config.network, config.seed, first, world, device
+    )
+    loader = torch.utils.data.DataLoader(
+        chunks,
+        batch_size=None,
+        num_workers=config.workers,
+        persistent_workers=config.workers > 0,
+        multiprocessing_context="spawn" if config.workers > 0 else None,
+    )
+    return (pair for chunk in loader for pair in chunk)
 
 
 def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:

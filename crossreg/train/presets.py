@@ -29,7 +29,7 @@ def general_config(steps: int = 1300, seed: int = 0, workers: int = 0) -> TrainC
     return batching(TrainConfig(steps=steps, seed=seed, workers=workers, pairs=pairs), echo=6)
 
 
-def patient_device_config(steps: int = 800, seed: int = 0) -> TrainConfig:
+def patient_device_config(steps: int = 800, seed: int = 0, workers: int = 0) -> TrainConfig:
     """:func:`patient_config` with pairs made on the training device: the patient's T1 as it is (no
     synthetic subjects), a new cone for every pair (no echoing)."""
     device_pairs = DevicePairConfig(subject_share=0.0)
@@ -38,13 +38,13 @@ def patient_device_config(steps: int = 800, seed: int = 0) -> TrainConfig:
     )
 
 
-def general_device_config(steps: int = 2400, seed: int = 0) -> TrainConfig:
+def general_device_config(steps: int = 2400, seed: int = 0, workers: int = 0) -> TrainConfig:
     """General descriptors from pairs made on the training device (the v3 recipe): three anatomies in
     four are synthetic subjects of the source (global, regional or atrophy-like diffeomorphisms plus an
     affine), the MRI side shown as T1, T2-like or a random contrast; each anatomy serves the 8 pairs of
     one step, and every pair is new (no echoing)."""
     pairs = PairConfig(fixed_contrasts=("t1", "t1", "t2", "random"))
-    config = TrainConfig(steps=steps, seed=seed, synthesis="device", pairs=pairs)
+    config = TrainConfig(steps=steps, seed=seed, workers=workers, synthesis="device", pairs=pairs)
     return batching(config, echo=1)
 
 
