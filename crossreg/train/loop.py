@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -175,6 +175,9 @@ def train(
     pair_config = replace(config.pairs, curriculum_pairs=config.pairs.curriculum_pairs * world)
     pairs = _pair_source(sources, config, pair_config, first, world, dev)
     batch: list[TrainingPair] = []
+    # Device pairs of one anatomy run their MRI side once. Not under DDP, which gives wrong gradients
+    # for several forward passes before one backward, nor for CPU pairs, whose runs stay as they were.
+    shared = config.synthesis == "device" and world == 1
     clock = time.perf_counter()
     while step < config.steps:
         progress = step / max(config.steps - 1, 1)
@@ -186,7 +189,7 @@ def train(
         totals: dict[str, float] = {}
         if step % config.echo == 0 or not batch:  # a new batch, or the one a resumed run was in
             batch = [next(pairs).to(dev) for _ in range(config.pairs_per_step)]
-        for group in _by_mri(batch):
+        for group in _by_mri(batch) if shared else [[pair] for pair in batch]:
             fixed_maps = model(group[0].fixed_input)
             group_loss = torch.zeros((), device=dev)
             for pair in group:
@@ -218,6 +221,8 @@ def train(
                 on_step(entry)
         if rank == 0 and (step % config.checkpoint_every == 0 or step == config.steps):
             save_checkpoint(checkpoint, net, optimiser, generator, step)
+    batch.clear()  # pairs made in worker processes go before the workers do (CUDA tensors they share)
+    pairs.close()
     if rank == 0:
         save_model(
             out, net, {**(meta or {}), "train_config": asdict(config), "steps": step, "world_size": world}
@@ -238,16 +243,15 @@ def _pair_source(
     first: int,
     world: int,
     device: torch.device,
-) -> Iterator[TrainingPair]:
+) -> Generator[TrainingPair, None, None]:
     """The rank's pairs ``first, first + world, ...``: from ``config.workers`` CPU processes, or made on
     ``device`` (in ``config.workers`` spawned processes, each with its own CUDA context, if any)."""
     if config.synthesis == "workers":
         stream = PairStream(sources, pairs, config.network, config.seed, first, world)
-        return iter(
-            torch.utils.data.DataLoader(
-                stream, batch_size=None, num_workers=config.workers, persistent_workers=config.workers > 0
-            )
+        loader = torch.utils.data.DataLoader(
+            stream, batch_size=None, num_workers=config.workers, persistent_workers=config.workers > 0
         )
+        return (pair for pair in loader)
     chunks = DevicePairStream(
         sources, pairs, config.device_pairs, config.network, config.seed, first, world, device
     )
@@ -258,7 +262,20 @@ def _pair_source(
         persistent_workers=config.workers > 0,
         multiprocessing_context="spawn" if config.workers > 0 else None,
     )
-    return (pair for chunk in loader for pair in chunk)
+    return _flatten(loader)
+
+
+def _flatten(loader: torch.utils.data.DataLoader) -> Generator[TrainingPair, None, None]:
+    """The pairs of ``loader``'s lists, one by one; closing it lets go of the last list before the
+    loader's workers shut down."""
+    chunks = iter(loader)
+    chunk: list[TrainingPair] = []
+    try:
+        for chunk in chunks:
+            yield from chunk
+    finally:
+        chunk.clear()
+        del chunks
 
 
 def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
