@@ -185,6 +185,12 @@ def test_train_patient_refuses_a_2d_image(slice_file, tmp_path):
     assert half.exit_code == 2 and "--gm and --wm" in one_error_line(half)
 
 
+def test_train_refuses_an_unknown_synthesis(tmp_path):
+    result = run("train", "general", "--synthesis", "gpu", "--out", str(tmp_path / "m.pt"))
+    assert result.exit_code == 2 and "use 'workers' or 'device'" in one_error_line(result)
+    assert not (tmp_path / "m.pt").exists()
+
+
 @pytest.mark.parametrize(
     "option, name, words",
     [
