@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 from crossreg.cli import app
 from crossreg.deformable import DeformableConfig, deform
 from crossreg.deformable.convex import candidates, coupled_convex
-from crossreg.deformable.features import agreement, pair_features
+from crossreg.deformable.features import agreement, equalised, pair_features
 from crossreg.deformation import DeformableTransform
 from crossreg.errors import InvalidConfigError
 from crossreg.filters import gaussian_blur
-from crossreg.image import Image, crop_to_mask
+from crossreg.image import Grid, Image, crop_to_mask, fov_mask, robust_normalize
 from crossreg.imageio import save
 from crossreg.resample import grid_points_mm
 from crossreg.synth.cases import synthesize
@@ -104,6 +104,7 @@ def test_partial_fov_keeps_the_field_small_outside(bump):
         {"point_weight": -0.5},
         {"point_capture_mm": 0.0},
         {"min_agreement": 1.5},
+        {"equalise": 1.5},
     ],
 )
 def test_settings_are_validated(settings):
@@ -127,11 +128,38 @@ def test_agreement_separates_related_features_from_unrelated_ones(t1, tissues):
     ultrasound-like image unrelated to it, does not (< 0.2)."""
     fixed = _box(t1, t1.grid.center_mm(), 24.0)
     identity = AffineTransform.identity(3)
-    related = pair_features(fixed, synthesize(t1, "t2", tissues, 1), identity, 2.0, 1.0)
+    related = pair_features(fixed, synthesize(t1, "t2", tissues, 1), identity, 2.0, 1.0, 0.5)
     noise = torch.from_numpy(np.random.default_rng(0).normal(size=t1.array.shape).astype(np.float32))
     unrelated = t1.with_array(gaussian_blur(noise[None], 1.5)[0].numpy())
     assert agreement(related) > 0.5
-    assert agreement(pair_features(fixed, unrelated, identity, 2.0, 1.0)) < 0.2
+    assert agreement(pair_features(fixed, unrelated, identity, 2.0, 1.0, 0.5)) < 0.2
+
+
+def test_equalised_spreads_a_narrow_tissue_range():
+    """CT-like values: air (ties), two soft tissues 14 HU apart, bone. Ranks give the soft tissues a
+    step of a quarter of the range (robust normalisation: 0.6%); ties take their lowest rank."""
+    values = np.repeat([-1000.0, 26.0, 40.0, 1500.0], [400, 300, 200, 100]).astype(np.float32)
+    image = Image(values.reshape(10, 10, 10), Grid((10, 10, 10), (1.0,) * 3, (0.0,) * 3, np.eye(3)))
+    assert np.array_equal(equalised(image, 0.0).array, robust_normalize(image).array)
+    ranked = np.unique(equalised(image, 1.0).array)
+    assert np.allclose(ranked, [0.0, 0.4, 0.7, 0.9], atol=0.01), ranked
+    half = np.unique(equalised(image, 0.5).array)
+    assert half[2] - half[1] > 0.1  # soft-tissue step at share 0.5
+
+
+def test_equalising_gives_ct_soft_tissue_structure(t1, tissues):
+    """A whole-head CT-like image: its bone's contrast flattens the brain's MIND-SSC descriptors
+    (MIND's variance floor is relative to the image mean); half-equalised, they spread and agree
+    with the T1's (measured: spread 0.21 -> 0.32, agreement 0.68 -> 0.82)."""
+    ct = synthesize(t1, "ct", tissues, 1)
+    brain = torch.from_numpy(fov_mask(t1))
+    found = {}
+    for share in (0.0, 0.5):
+        pair = pair_features(t1, ct, AffineTransform.identity(3), 2.0, 1.0, share)
+        moving = pair.moving[:, brain]
+        found[share] = (float((moving - moving.mean(0)).std(0).mean()), agreement(pair))
+    assert found[0.5][0] > 1.3 * found[0.0][0], found
+    assert found[0.5][1] > found[0.0][1] + 0.08, found
 
 
 # ---------------------------------------------------------------- the command line

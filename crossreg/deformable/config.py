@@ -28,11 +28,17 @@ class DeformableConfig:
     # of each image) weighs 1/2 in the feature cost; flatter regions less (CT soft tissue). 0: off;
     # 4 cost MR-MR pairs accuracy (T2 4.0 -> 1.5 mm instead of 1.2).
     structure_floor: float = 1.0
+    # Share of each image's intensities replaced by their rank before MIND-SSC (histogram
+    # equalisation, crossreg.deformable.features.equalised). On 4 development pairs per kind (seeds
+    # 100-103; TRE mm after the stage): CT-like 2.24 at 0 (MIND-SSC of the CT brain flat under the
+    # bone's contrast), 1.55 at 0.5, 1.7 at 1; T2-like 1.18, 1.24, 1.25-1.3; ultrasound 3.5 at each.
+    equalise: float = 0.5
     # The linear stage's matches as a soft point term of the Adam stage (crossreg.deformable.points):
     # weight of its bounded penalty against the feature cost (0: off; 0.5, 1 and 2 gave the same mean
     # on 8 development pairs, 2.04-2.05 mm against 2.09 without: better on MR-ultrasound from CrossKEY's
-    # rigid start, 2.21 -> 1.68 mm, a little worse on MR-MR, 1.19 -> 1.33), and the largest
-    # displacement a match may ask for beyond the linear result.
+    # rigid start, 2.21 -> 1.68 mm, a little worse on MR-MR, 1.19 -> 1.33; on seeds 100-103, 4 cones:
+    # 3.79 mm without, 3.25 with from CrossKEY's rigid start, 3.32 without, 3.52 with from MIND-SSC's),
+    # and the largest displacement a match may ask for beyond the linear result.
     point_weight: float = 1.0
     point_capture_mm: float = 10.0
     # Below this agreement of the two images' features at the linear result (-1..1,
@@ -59,6 +65,8 @@ class DeformableConfig:
                 f"deformable weights {self.weight:g}, {self.outside_weight:g}, point weight "
                 f"{self.point_weight:g}, structure floor {self.structure_floor:g}: expected values >= 0"
             )
+        if not 0.0 <= self.equalise <= 1.0:
+            raise InvalidConfigError(f"deformable equalise {self.equalise:g}: expected 0..1")
         if not -1.0 <= self.min_agreement <= 1.0:
             raise InvalidConfigError(f"deformable min agreement {self.min_agreement:g}: expected -1..1")
         if self.iterations < 0:

@@ -2,6 +2,11 @@
 the moving one seen through the linear result, each with its field-of-view mask and its structure
 confidence.
 
+Both images are half histogram-equalised first (:func:`equalised`): MIND-SSC's variance floor is
+relative to the whole image's mean, and in a CT (air at -1000 HU, bone at 1500) the brain's 10-30 HU
+tissue contrast falls under it, so its descriptors come out flat; ranks spread the soft tissue over
+half the intensity range, whatever the modality.
+
 MIND-SSC divides by the local variance, so where an image is flat (CT soft tissue, the inside of
 white matter) its channels are normalised noise, and a field that matches them follows noise. The
 confidence ``c = s / (s + tau)`` of the local gradient energy ``s`` (Gaussian-smoothed) says where an
@@ -30,6 +35,8 @@ from crossreg.transform import AffineTransform
 # MIND reads this far (in working voxels) beyond its centre: dilation 1 plus the patch's reach.
 _FOOTPRINT_VOX = 2
 _FLOOR_QUANTILE = 0.1  # the flattest tenth of a field of view sets its noise floor
+_RANK_LEVELS = 1024  # quantiles that map intensities to ranks (:func:`equalised`)
+_RANK_SAMPLES = 200_000  # at most about this many voxels estimate them
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,13 +64,15 @@ def pair_features(
     linear: AffineTransform,
     spacing_mm: float,
     structure_floor: float,
+    equalise: float,
     device: str = "cpu",
 ) -> PairFeatures:
     """MIND-SSC (one dilation of a working voxel) of ``fixed`` and of ``moving`` seen through ``linear``
-    (fixed -> moving), both on the fixed image's working grid of ``spacing_mm``, with their structure
-    confidences (``structure_floor`` 0: weight 1 wherever an image has data)."""
-    work = working_image(fixed, spacing_mm)
-    seen = resample(robust_normalize(moving), work.grid, linear)
+    (fixed -> moving), both on the fixed image's working grid of ``spacing_mm``, each
+    :func:`equalised` by ``equalise``, with their structure confidences (``structure_floor`` 0:
+    weight 1 wherever an image has data)."""
+    work = equalised(working_image(fixed, spacing_mm), equalise)
+    seen = resample(equalised(moving, equalise), work.grid, linear)
     seen = seen.with_array(seen.array, seen.valid_mask() & fov_mask(seen))
     config = MindConfig(dilations_mm=(spacing_mm,), patch_sigma_mm=0.75 * spacing_mm)
     masks = [torch.from_numpy(im.valid_mask()) for im in (work, seen)]
@@ -75,6 +84,21 @@ def pair_features(
         erode(masks[1], _FOOTPRINT_VOX).to(device),
         *(confidence(im, spacing_mm, structure_floor).to(device) for im in (work, seen)),
     )
+
+
+def equalised(image: Image, share: float) -> Image:
+    """``image`` robust-normalised to 0-1, then ``share`` (0-1) of each voxel's value replaced by its
+    rank among the image's valid voxels, 0-1 (histogram equalisation); the mask kept."""
+    normal = robust_normalize(image)
+    x = np.asarray(normal.array, np.float32)
+    values = x[normal.valid_mask()]
+    if share == 0 or values.size == 0:
+        return normal
+    ranks = np.linspace(0.0, 1.0, _RANK_LEVELS)
+    levels = np.quantile(values[:: max(1, values.size // _RANK_SAMPLES)], ranks)
+    levels, first = np.unique(levels, return_index=True)  # a tied value (air, padding) takes its lowest rank
+    ranked = np.interp(x, levels, ranks[first]).astype(np.float32)
+    return normal.with_array(share * ranked + (1.0 - share) * x, normal.mask)
 
 
 def confidence(image: Image, sigma_mm: float, floor: float) -> torch.Tensor:

@@ -63,7 +63,15 @@ def deform(
     """
     config = config or DeformableConfig()
     start = time.perf_counter()
-    pair = pair_features(fixed, moving, linear, config.feature_spacing_mm, config.structure_floor, device)
+    pair = pair_features(
+        fixed,
+        moving,
+        linear,
+        config.feature_spacing_mm,
+        config.structure_floor,
+        config.equalise,
+        device,
+    )
     agree = agreement(pair)
     if agree < config.min_agreement:
         log.info(
