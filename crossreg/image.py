@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from crossreg.errors import InvalidImageError
+
+if TYPE_CHECKING:
+    import torch
 
 MIN_SIZE = 8  # voxels per axis; below this no keypoint neighbourhood fits
 MIN_SIGNAL_VOXELS = 64  # voxels that differ from the background (median) value
@@ -184,12 +188,33 @@ def validate(image: Image) -> None:
 
 def robust_normalize(image: Image, low_pct: float = 0.5, high_pct: float = 99.5) -> Image:
     """Intensities mapped to [0, 1] by percentiles of the valid voxels (clipped)."""
-    vals = image.array[image.valid_mask()]
-    lo, hi = np.percentile(vals, [low_pct, high_pct]) if vals.size else (0.0, 1.0)
+    import torch
+
+    x = torch.from_numpy(np.asarray(image.array, np.float64))  # numpy's arithmetic, as it always was
+    scaled = robust_normalize_tensor(x, torch.from_numpy(image.valid_mask()), low_pct, high_pct)
+    return image.with_array(scaled.numpy(), image.mask)
+
+
+def robust_normalize_tensor(
+    x: torch.Tensor, valid: torch.Tensor, low_pct: float = 0.5, high_pct: float = 99.5
+) -> torch.Tensor:
+    """:func:`robust_normalize` of an array ``x`` and its bool ``valid`` mask, on their device."""
+    values = x[valid]
+    lo, hi = _percentiles(values, (low_pct, high_pct)) if values.numel() else (0.0, 1.0)
     if hi <= lo:
-        lo, hi = float(vals.min()), float(vals.max())
-    scaled = np.clip((image.array - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
-    return image.with_array(scaled, image.mask)
+        lo, hi = float(values.min()), float(values.max())
+    return ((x - lo) / max(hi - lo, 1e-12)).clamp(0.0, 1.0)
+
+
+def _percentiles(values: torch.Tensor, percents: tuple[float, ...]) -> list:
+    """Linear-interpolated percentiles of a 1D tensor: numpy's (scalars of its dtype, any size) on a
+    CPU, torch's on a GPU."""
+    import torch
+
+    if values.device.type == "cpu":
+        return list(np.percentile(values.numpy(), percents))
+    q = torch.tensor(percents, dtype=values.dtype, device=values.device) / 100.0
+    return torch.quantile(values, q).tolist()
 
 
 def data_mask(image: Image) -> np.ndarray:
@@ -214,13 +239,24 @@ def fov_mask(image: Image, threshold: float = 0.02, smooth_mm: float = 2.0) -> n
     """
     import torch
 
+    x = torch.from_numpy(np.ascontiguousarray(image.array, np.float32))
+    valid = torch.from_numpy(image.valid_mask())
+    return fov_mask_tensor(x, valid, image.spacing_mm, threshold, smooth_mm).numpy()
+
+
+def fov_mask_tensor(
+    x: torch.Tensor,
+    valid: torch.Tensor,
+    spacing_mm: tuple[float, ...],
+    threshold: float = 0.02,
+    smooth_mm: float = 2.0,
+) -> torch.Tensor:
+    """:func:`fov_mask` of a float32 array ``x`` (voxels ``spacing_mm``, ITK order) and its bool
+    ``valid`` mask, on their device."""
     from crossreg.filters import gaussian_blur
 
-    sigma_vox = tuple(smooth_mm / s for s in image.spacing_mm[::-1])
-    x = torch.from_numpy(np.abs(np.ascontiguousarray(image.array, np.float32)))[None]
-    smooth = gaussian_blur(x, sigma_vox)[0].numpy()
-    valid = image.valid_mask()
-    ref = np.percentile(smooth[valid], 99) if valid.any() else 0.0
+    smooth = gaussian_blur(x.abs()[None], tuple(smooth_mm / s for s in spacing_mm[::-1]))[0]
+    ref = _percentiles(smooth[valid], (99.0,))[0] if bool(valid.any()) else 0.0
     return valid & (smooth > threshold * ref)
 
 

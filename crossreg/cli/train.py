@@ -6,14 +6,18 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from crossreg.cli.app import app
 from crossreg.cli.common import check_device, console, friendly_errors
 from crossreg.errors import CrossregError
+
+if TYPE_CHECKING:
+    from crossreg.train.loop import TrainConfig
 
 train_app = typer.Typer(
     no_args_is_help=True, help="Train CrossKEY descriptors, anatomical embeddings or the 2D matcher."
@@ -80,10 +84,20 @@ def _run(sources, out: Path, config, device: str, resume: bool, force: bool, kin
         console.print(f"wrote {out} (log: {out.with_suffix('.log.jsonl')})", highlight=False)
 
 
-def _check_synthesis(synthesis: str) -> None:
-    """Refuse an unknown ``--synthesis``."""
+def _preset(
+    synthesis: str,
+    on_workers: Callable[..., TrainConfig],
+    on_device: Callable[..., TrainConfig],
+    steps: int | None,
+    seed: int,
+    workers: int,
+) -> TrainConfig:
+    """The preset of ``--synthesis`` (``on_workers`` or ``on_device``: a preset function taking steps,
+    seed and workers) with the preset's steps unless ``steps`` is given."""
     if synthesis not in ("workers", "device"):
         raise CrossregError(f"--synthesis {synthesis!r}: use 'workers' or 'device'")
+    make = on_device if synthesis == "device" else on_workers
+    return make(seed=seed, workers=workers) if steps is None else make(steps, seed, workers)
 
 
 def _commit() -> str:
@@ -128,19 +142,7 @@ def patient(
     if image.ndim != 3:
         raise CrossregError(f"{mri}: a {image.ndim}D image; patient training needs a 3D MRI")
     tissues = {"gm": as_probability(load(gm)), "wm": as_probability(load(wm))} if gm and wm else None
-    _check_synthesis(synthesis)
-    if synthesis == "device":
-        config = (
-            patient_device_config(seed=seed, workers=workers)
-            if steps is None
-            else patient_device_config(steps, seed, workers)
-        )
-    else:
-        config = (
-            patient_config(seed=seed, workers=workers)
-            if steps is None
-            else patient_config(steps, seed, workers)
-        )
+    config = _preset(synthesis, patient_config, patient_device_config, steps, seed, workers)
     config = batching(config, pairs_per_step, echo)
     _run(patient_sources(image, tissues), out, config, device, resume, force, "patient-specific")
 
@@ -162,19 +164,7 @@ def general(
     """Train on every real MRI shipped (MNI152), warped into new anatomies, with random MR contrasts."""
     from crossreg.train.presets import batching, general_config, general_device_config, general_sources
 
-    _check_synthesis(synthesis)
-    if synthesis == "device":
-        config = (
-            general_device_config(seed=seed, workers=workers)
-            if steps is None
-            else general_device_config(steps, seed, workers)
-        )
-    else:
-        config = (
-            general_config(seed=seed, workers=workers)
-            if steps is None
-            else general_config(steps, seed, workers)
-        )
+    config = _preset(synthesis, general_config, general_device_config, steps, seed, workers)
     config = batching(config, pairs_per_step, echo)
     _run(general_sources(), out, config, device, resume, force, "general")
 

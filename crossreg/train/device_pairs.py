@@ -29,8 +29,8 @@ import torch
 
 from crossreg.errors import CrossregError, EmptyRegionError
 from crossreg.features.crosskey import CrossKeyConfig, network_input_tensor
-from crossreg.filters import erode, gaussian_blur
-from crossreg.image import Grid, Image, axis_aligned_grid, fov_mask
+from crossreg.filters import erode
+from crossreg.image import Grid, Image, axis_aligned_grid, fov_mask, fov_mask_tensor, robust_normalize_tensor
 from crossreg.keypoints import saliency_tensor, salient_maxima
 from crossreg.resample import grid_coords, grid_index, grid_points_mm, sample_world
 from crossreg.synth.beam import Beam, surface_poses, tilt
@@ -95,7 +95,7 @@ def prepare_source(source: Source, device: torch.device) -> SourceOnDevice:
     apexes, directions = surface_poses(image)
     t1 = torch.from_numpy(np.ascontiguousarray(image.array, np.float32)).to(device)
     return SourceOnDevice(
-        normalise(t1, torch.ones_like(t1, dtype=torch.bool)),
+        robust_normalize_tensor(t1, torch.ones_like(t1, dtype=torch.bool)),
         stack.to(device),
         image.grid,
         labels,
@@ -103,28 +103,6 @@ def prepare_source(source: Source, device: torch.device) -> SourceOnDevice:
         apexes,
         directions,
     )
-
-
-def normalise(x: torch.Tensor, valid: torch.Tensor, low: float = 0.005, high: float = 0.995) -> torch.Tensor:
-    """:func:`crossreg.image.robust_normalize` of an array on its device: ``x`` mapped to [0, 1] by
-    the ``low`` and ``high`` quantiles of its ``valid`` voxels, clipped."""
-    values = x[valid]
-    if values.numel() == 0:
-        return torch.zeros_like(x)
-    lo, hi = torch.quantile(values.float(), torch.tensor([low, high], device=x.device)).tolist()
-    if hi <= lo:
-        lo, hi = float(values.min()), float(values.max())
-    return ((x - lo) / max(hi - lo, 1e-12)).clamp(0.0, 1.0)
-
-
-def signal_mask(x: torch.Tensor, valid: torch.Tensor, grid: Grid, threshold: float = 0.02) -> torch.Tensor:
-    """:func:`crossreg.image.fov_mask` of an array on its device: ``valid`` voxels whose 2 mm-smoothed
-    absolute value exceeds ``threshold`` times its 99th percentile."""
-    smooth = gaussian_blur(x.abs()[None], tuple(2.0 / s for s in grid.spacing_mm[::-1]))[0]
-    if not bool(valid.any()):
-        return valid
-    reference = float(torch.quantile(smooth[valid].float(), 0.99))
-    return valid & (smooth > threshold * reference)
 
 
 def index_to_world(grid: Grid, index_zyx: torch.Tensor) -> torch.Tensor:
@@ -174,8 +152,8 @@ def make_anatomy(
     t1, fractions, covered = values[0], values[1:4], values[4] > 0.999
     contrast = pairs.fixed_contrasts[int(rng.integers(len(pairs.fixed_contrasts)))]
     shown = _contrast(t1, fractions, contrast, rng)
-    work = normalise(shown, covered)
-    mask = signal_mask(work, covered, grid)
+    work = robust_normalize_tensor(shown, covered)
+    mask = fov_mask_tensor(work, covered, grid.spacing_mm)
     return Anatomy(
         grid,
         network_input_tensor(work, mask, grid, network),
@@ -245,8 +223,8 @@ def make_cone(
         array, inside = scan_convert_tensor(beam, brightness, grid)
     # Features see the array as a working grid's: world axes along the array's.
     aligned = Grid(grid.shape, grid.spacing_mm, (0.0, 0.0, 0.0), np.eye(3))
-    work = normalise(array, inside)
-    mask = signal_mask(work, inside, aligned)
+    work = robust_normalize_tensor(array, inside)
+    mask = fov_mask_tensor(work, inside, aligned.spacing_mm)
     spacing_zyx = (spacing,) * 3
     saliency = saliency_tensor(work, mask, spacing_zyx, pairs.keypoints)
     keypoints, _ = salient_maxima(saliency, mask, spacing_zyx, pairs.keypoints, int(rng.integers(2**31)))
